@@ -1,0 +1,36 @@
+r"""DeepCluster on CIFAR-10 (50,000 train + 10,000 test, 32 px), small AlexNet with Sobel.
+
+Import once from the JPEG tarball shipped beside the project:
+
+    python -m dcjax.data.prepare --source=../shared/data/cifar10-jpg.tar.gz --name=cifar10_jpg
+    python -m dcjax.main --config=configs/cifar10.py --workdir=runs/cifar10
+
+`:smoke` shrinks it for a quick check.
+"""
+
+from dcjax.config_lib import base_config
+
+
+def get_config(arg: str | None = None):
+    c = base_config()
+    c.num_epochs = 30
+    c.batch_size = 128
+
+    c.data.name = "cifar10_jpg"
+    c.data.eval_split = "test"
+    c.data.image_size = 32
+    c.data.resize_size = 32
+
+    c.model.name = "alexnet_small"
+    c.model.fc_dim = 2048
+
+    c.clustering.k = 100
+    c.clustering.pca_dim = 128
+
+    if arg == "smoke":
+        c.num_epochs = 1
+        c.model.widths = (8, 16, 16, 16, 16)
+        c.model.fc_dim = 64
+        c.clustering.k = 10
+        c.clustering.pca_dim = 16
+    return c

@@ -1,0 +1,39 @@
+r"""DeepCluster on Fashion-MNIST (28x28 grey, 60,000 train + 10,000 test), small AlexNet at 28 px.
+
+Import once (Debian's dataset-fashion-mnist package gives the IDX files):
+
+    apt-get install -y dataset-fashion-mnist
+    python -m dcjax.data.prepare --source=/usr/share/datasets/fashion-mnist --name=fashion_mnist_idx \
+        --class_names=T-shirt/top,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,Ankle_boot
+    python -m dcjax.main --config=configs/fashion_mnist.py --workdir=runs/fashion_mnist
+
+`:smoke` shrinks it for a quick check.
+"""
+
+from dcjax.config_lib import base_config
+
+
+def get_config(arg: str | None = None):
+    c = base_config()
+    c.num_epochs = 20
+    c.batch_size = 128
+
+    c.data.name = "fashion_mnist_idx"
+    c.data.eval_split = "test"
+    c.data.image_size = 28
+    c.data.resize_size = 28
+
+    c.model.name = "alexnet_small"
+    c.model.widths = (64, 128, 256, 256, 128)
+    c.model.fc_dim = 2048
+
+    c.clustering.k = 100
+    c.clustering.pca_dim = 128
+
+    if arg == "smoke":
+        c.num_epochs = 1
+        c.model.widths = (8, 16, 16, 16, 16)
+        c.model.fc_dim = 64
+        c.clustering.k = 10
+        c.clustering.pca_dim = 16
+    return c

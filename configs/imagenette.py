@@ -1,0 +1,44 @@
+r"""DeepCluster on Imagenette (10 ImageNet classes, 9,469 train + 3,925 val) at 64 px.
+
+Import once from the 128 px tarball shipped beside the project:
+
+    python -m dcjax.data.prepare --source=../shared/data/imagenette-128.tar.gz --name=imagenette128
+    python -m dcjax.main --config=configs/imagenette.py --workdir=runs/imagenette
+
+On a GPU, `--config=configs/imagenette.py:alexnet224` uses the exact AlexNet-BN 224 px geometry
+(images upsampled from 128 px). `:smoke` shrinks it for a quick check.
+"""
+
+from dcjax.config_lib import base_config
+
+
+def get_config(arg: str | None = None):
+    c = base_config()
+    c.num_epochs = 30
+    c.batch_size = 128
+
+    c.data.name = "imagenette128"
+    c.data.eval_split = "val"
+    c.data.image_size = 64
+    c.data.resize_size = 73  # the 224/256 ratio of the reference's centre crop
+
+    c.model.name = "alexnet_small"
+    c.model.fc_dim = 2048
+
+    c.clustering.k = 100
+    c.clustering.pca_dim = 128
+
+    if arg == "alexnet224":
+        c.batch_size = 256
+        c.data.image_size = 224
+        c.data.resize_size = 256
+        c.model.name = "alexnet"
+        c.model.fc_dim = 4096
+        c.clustering.pca_dim = 256
+    elif arg == "smoke":
+        c.num_epochs = 1
+        c.model.widths = (8, 16, 16, 16, 16)
+        c.model.fc_dim = 64
+        c.clustering.k = 10
+        c.clustering.pca_dim = 16
+    return c

@@ -1,0 +1,1 @@
+"""DeepCluster in JAX/Flax."""

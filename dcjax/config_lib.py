@@ -1,0 +1,148 @@
+"""The reference configuration and its validation.
+
+`base_config()` holds the paper's / official code's defaults (DESIGN.md section 2); files in
+`configs/` start from it and change what their dataset needs. `validate(config, ...)` runs before
+any work and stops a bad value with one sentence naming the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ml_collections
+
+from dcjax.models import ARCHITECTURES
+
+BACKENDS = ("jax", "faiss", "auto")
+SAMPLERS = ("uniform", "natural")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the field."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 31
+    c.num_epochs = 500
+    c.batch_size = 256  # global, over all devices and hosts
+    c.reassign = 1  # epochs between re-clusterings
+    c.checkpoint_every_steps = 0  # 0: checkpoint at the end of each epoch only
+    c.keep_checkpoints = 3
+    c.log_every_steps = 100
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "imagenet2012"
+    c.data.data_dir = ""  # '' -> $DCJAX_DATA_DIR or ~/tensorflow_datasets
+    c.data.train_split = "train"
+    c.data.eval_split = "validation"
+    c.data.image_size = 224
+    c.data.resize_size = 256
+    c.data.num_threads = 8  # grain reader threads per process
+    c.data.num_workers = 0  # grain worker processes per host (0: threads only)
+    c.data.prefetch = 64
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "alexnet"
+    c.model.sobel = True
+    c.model.fc_dim = 4096
+    c.model.widths = ()  # alexnet_small only; () keeps its default widths
+    c.model.dropout = 0.5
+    c.model.dtype = "float32"
+
+    c.clustering = ml_collections.ConfigDict()
+    c.clustering.k = 10000
+    c.clustering.pca_dim = 256
+    c.clustering.iterations = 20
+    c.clustering.backend = "jax"
+    c.clustering.sampler = "uniform"
+    c.clustering.chunk_size = 8192  # rows scored against all k centroids at once
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 0.05
+    c.optim.momentum = 0.9
+    c.optim.weight_decay = 1e-5
+    c.optim.head_lr = 0.05
+    c.optim.head_weight_decay = 1e-5
+    return c
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _positive_int(config: ml_collections.ConfigDict, path: str, minimum: int = 1) -> None:
+    value = config
+    for key in path.split("."):
+        value = value[key]
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+             f"config.{path}={value!r} must be an integer >= {minimum}")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+    """Checks the values that need no data; raises ConfigError naming the first bad field."""
+    m, d, cl, o = config.model, config.data, config.clustering, config.optim
+    _require(m.name in ARCHITECTURES,
+             f"config.model.name={m.name!r} is not a known architecture ({', '.join(ARCHITECTURES)})")
+    lo, hi = ARCHITECTURES[m.name]
+    _require(lo <= d.image_size <= hi,
+             f"config.data.image_size={d.image_size} does not fit {m.name}, built for {lo}-{hi} px")
+    _require(d.resize_size >= d.image_size,
+             f"config.data.resize_size={d.resize_size} is smaller than "
+             f"config.data.image_size={d.image_size}")
+    _require(m.dtype in DTYPES, f"config.model.dtype={m.dtype!r} must be one of {DTYPES}")
+    _require(0.0 <= m.dropout < 1.0, f"config.model.dropout={m.dropout} must be in [0, 1)")
+    _require(not m.widths or (m.name == "alexnet_small" and len(m.widths) == 5),
+             f"config.model.widths={tuple(m.widths)} needs alexnet_small and 5 values")
+    _require(bool(d.name), "config.data.name is empty")
+    if d.data_dir:
+        _require(Path(d.data_dir).expanduser().is_dir(),
+                 f"config.data.data_dir={d.data_dir!r} is not a directory")
+    for path in ("num_epochs", "batch_size", "reassign", "keep_checkpoints", "log_every_steps",
+                 "model.fc_dim", "clustering.k", "clustering.pca_dim", "clustering.iterations",
+                 "clustering.chunk_size", "data.num_threads", "data.prefetch"):
+        _positive_int(config, path)
+    _positive_int(config, "checkpoint_every_steps", minimum=0)
+    _positive_int(config, "data.num_workers", minimum=0)
+    _require(config.batch_size % num_devices == 0,
+             f"config.batch_size={config.batch_size} is not divisible by the {num_devices} devices")
+    _require(cl.backend in BACKENDS, f"config.clustering.backend={cl.backend!r} must be one of "
+             f"{BACKENDS}")
+    _require(cl.sampler in SAMPLERS, f"config.clustering.sampler={cl.sampler!r} must be one of "
+             f"{SAMPLERS}")
+    _require(cl.pca_dim <= m.fc_dim, f"config.clustering.pca_dim={cl.pca_dim} exceeds the "
+             f"feature dimension config.model.fc_dim={m.fc_dim}")
+    for key in ("lr", "head_lr"):
+        _require(o[key] > 0, f"config.optim.{key}={o[key]} must be positive")
+    for key in ("weight_decay", "head_weight_decay"):
+        _require(o[key] >= 0, f"config.optim.{key}={o[key]} must be non-negative")
+    _require(0 <= o.momentum < 1, f"config.optim.momentum={o.momentum} must be in [0, 1)")
+
+
+def validate_against_data(config: ml_collections.ConfigDict, split_sizes: dict[str, int]) -> None:
+    """Checks what depends on the dataset: splits exist, k fits the number of images."""
+    d = config.data
+    for field in ("train_split", "eval_split"):
+        split = d[field]
+        _require(not split or split in split_sizes,
+                 f"config.data.{field}={split!r} is not a split of {d.name!r} "
+                 f"(it has {sorted(split_sizes)})")
+    n = split_sizes[d.train_split]
+    _require(config.clustering.k <= n, f"config.clustering.k={config.clustering.k} but the "
+             f"dataset {d.name!r} has {n} images in split {d.train_split!r}")
+    _require(config.batch_size <= n, f"config.batch_size={config.batch_size} but the dataset "
+             f"{d.name!r} has {n} images in split {d.train_split!r}")
+
+
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of a config file, as `--config=path:arg` would load it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"dcjax_config_{Path(path).stem}", path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"cannot load config file {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg is not None else module.get_config()

@@ -1,0 +1,1 @@
+"""Data: import (prepare), random-access datasets, grain views (pipeline)."""

@@ -1,0 +1,220 @@
+"""Input pipelines over random-access sources, with grain.
+
+Two views of a dataset:
+  * `ordered_batches`: the deterministic view (resize shorter side + centre crop) of every image
+    exactly once, in index order, the last batch padded and masked. Used for feature extraction and
+    evaluation.
+  * `train_batches`: augmented views (RandomResizedCrop scale 0.08-1, ratio 3/4-4/3, horizontal flip)
+    of the images at a caller-given index array (DeepCluster's sampler output), in that order.
+    Augmentation randomness is a function of (seed, position), so a run resumed mid-epoch
+    (`start_batch`) sees exactly the batches an uninterrupted run would have seen.
+
+Both yield numpy dicts: image [b, S, S, 3] uint8, label [b] int32, index [b] int32, mask [b] bool,
+where b is this process's share of the global batch (multi-host: each process reads its own rows of
+every global batch, so stacking the processes' rows in process order gives the global batch).
+Normalisation (`normalize`) runs on the device, so the host moves uint8.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewConfig:
+    image_size: int  # side of the square the network sees
+    resize_size: int  # deterministic view: shorter side resized to this, then centre crop
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    flip: bool = True
+
+
+def decode_image(value: Any) -> np.ndarray:
+    """Encoded bytes (JPEG/PNG) or an array -> [H, W, 3] uint8 RGB."""
+    if isinstance(value, (bytes, np.bytes_)):
+        from PIL import Image
+
+        with Image.open(io.BytesIO(value)) as im:
+            return np.asarray(im.convert("RGB"))
+    array = np.asarray(value, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    return array
+
+
+def _resize(image: np.ndarray, size: tuple[int, int], box: tuple[float, float, float, float]):
+    """Crops `box` (left, top, right, bottom) and resizes it to `size` (w, h), bilinear."""
+    from PIL import Image
+
+    out = Image.fromarray(image).resize(size, Image.BILINEAR, box=box)
+    return np.asarray(out)
+
+
+def center_view(image: np.ndarray, view: ViewConfig) -> np.ndarray:
+    """Resize the shorter side to `resize_size`, centre crop `image_size`: [S, S, 3] uint8."""
+    h, w = image.shape[:2]
+    scale = view.resize_size / min(h, w)
+    crop = view.image_size / scale  # the crop's side in source pixels
+    left, top = (w - crop) / 2.0, (h - crop) / 2.0
+    return _resize(image, (view.image_size, view.image_size), (left, top, left + crop, top + crop))
+
+
+def random_resized_crop_box(h: int, w: int, rng: np.random.Generator,
+                            scale: Sequence[float], ratio: Sequence[float]) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a crop with area fraction in `scale` and aspect in `ratio`.
+
+    Ten tries at a random area and log-uniform aspect; if none fits, the largest centre crop whose
+    aspect lies in `ratio` (the usual RandomResizedCrop rule).
+    """
+    area = h * w
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        cw = int(round(math.sqrt(target * aspect)))
+        ch = int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            top = int(rng.integers(0, h - ch + 1))
+            left = int(rng.integers(0, w - cw + 1))
+            return top, left, ch, cw
+    in_ratio = w / h
+    if in_ratio < ratio[0]:
+        cw, ch = w, int(round(w / ratio[0]))
+    elif in_ratio > ratio[1]:
+        ch, cw = h, int(round(h * ratio[1]))
+    else:
+        cw, ch = w, h
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def train_view(image: np.ndarray, view: ViewConfig, rng: np.random.Generator) -> np.ndarray:
+    """RandomResizedCrop to `image_size` and a random horizontal flip: [S, S, 3] uint8."""
+    h, w = image.shape[:2]
+    top, left, ch, cw = random_resized_crop_box(h, w, rng, view.crop_scale, view.crop_ratio)
+    out = _resize(image, (view.image_size, view.image_size), (left, top, left + cw, top + ch))
+    if view.flip and rng.random() < 0.5:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def normalize(images):
+    """[B, H, W, 3] uint8 -> float32, ImageNet mean/std normalised (the reference's input)."""
+    import jax.numpy as jnp
+
+    x = images.astype(jnp.float32) / 255.0
+    return (x - IMAGENET_MEAN) / IMAGENET_STD
+
+
+# --------------------------------------------------------------------------- index bookkeeping
+
+
+def host_rows(indices: np.ndarray, global_batch: int, process_index: int,
+              process_count: int) -> np.ndarray:
+    """This process's rows of every global batch: [num_batches * global_batch / P] of `indices`.
+
+    `len(indices)` must be a multiple of `global_batch`, itself a multiple of `process_count`.
+    """
+    if global_batch % process_count:
+        raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+    per_host = global_batch // process_count
+    rows = np.asarray(indices).reshape(-1, process_count, per_host)
+    return rows[:, process_index].reshape(-1)
+
+
+class _Gather:
+    """Random-access view of `source` at `indices` (-1 = padding, read as record 0).
+
+    `positions` are the elements' places in the global (all-process) order; augmentation seeds
+    come from them, so the views do not depend on how many processes share the work.
+    """
+
+    def __init__(self, source: Any, indices: np.ndarray, positions: np.ndarray):
+        self._source = source
+        self._indices = np.asarray(indices, dtype=np.int64)
+        self._positions = np.asarray(positions, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        index = int(self._indices[i])
+        record = self._source[max(index, 0)]
+        return {"image": record["image"], "label": int(record.get("label", -1)),
+                "index": index, "position": int(self._positions[i])}
+
+
+def _finish(example: dict[str, Any], image: np.ndarray) -> dict[str, Any]:
+    index = example["index"]
+    return {"image": image, "label": np.int32(example["label"]), "index": np.int32(index),
+            "mask": np.bool_(index >= 0)}
+
+
+def _iterate(ds, num_threads: int, prefetch: int, num_workers: int) -> Iterator[Batch]:
+    import grain
+
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(num_threads, 1),
+                                              prefetch_buffer_size=max(prefetch, 1)))
+    if num_workers > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return iter(it)
+
+
+def ordered_batches(source: Any, view: ViewConfig, global_batch: int, *, process_index: int = 0,
+                    process_count: int = 1, num_threads: int = 8, prefetch: int = 64,
+                    num_workers: int = 0) -> Iterator[Batch]:
+    """Every record once, in order, deterministic view; last batch padded (mask False, index -1)."""
+    import grain
+
+    n = len(source)
+    padded = np.full(math.ceil(n / global_batch) * global_batch, -1, dtype=np.int64)
+    padded[:n] = np.arange(n)
+    rows = host_rows(padded, global_batch, process_index, process_count)
+    positions = host_rows(np.arange(len(padded)), global_batch, process_index, process_count)
+    ds = (grain.MapDataset.source(_Gather(source, rows, positions))
+          .map(lambda ex: _finish(ex, center_view(decode_image(ex["image"]), view)))
+          .batch(global_batch // process_count))
+    return _iterate(ds, num_threads, prefetch, num_workers)
+
+
+def num_train_batches(num_indices: int, global_batch: int) -> int:
+    return num_indices // global_batch
+
+
+def train_batches(source: Any, indices: np.ndarray, view: ViewConfig, global_batch: int, *,
+                  seed: int, start_batch: int = 0, process_index: int = 0, process_count: int = 1,
+                  num_threads: int = 8, prefetch: int = 64,
+                  num_workers: int = 0) -> Iterator[Batch]:
+    """Augmented views of `source[indices]` in the given order, full batches only.
+
+    Batches `start_batch`, `start_batch + 1`, ... of the epoch; element randomness depends only on
+    (`seed`, position in `indices`).
+    """
+    import grain
+
+    nb = num_train_batches(len(indices), global_batch)
+    rows = host_rows(np.asarray(indices)[: nb * global_batch], global_batch, process_index,
+                     process_count)
+    positions = host_rows(np.arange(nb * global_batch), global_batch, process_index, process_count)
+
+    def augment(ex: dict[str, Any]) -> dict[str, Any]:
+        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, ex["position"]])
+        return _finish(ex, train_view(decode_image(ex["image"]), view, rng))
+
+    ds = (grain.MapDataset.source(_Gather(source, rows, positions))
+          .map(augment)
+          .batch(global_batch // process_count, drop_remainder=True))
+    ds = ds[start_batch:]
+    return _iterate(ds, num_threads, prefetch, num_workers)

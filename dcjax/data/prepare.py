@@ -1,0 +1,413 @@
+"""Import images into a TFDS dataset stored as ArrayRecord (random access by index).
+
+    python -m dcjax.data.prepare --source=SOURCE --name=NAME [--data_dir=DIR] [--overwrite]
+
+SOURCE is one of:
+  * an image folder laid out `split/class/image` (any number of leading folders above the splits);
+  * a `.tar`, `.tar.gz` or `.tgz` of such a folder (read as a stream, never unpacked to disk);
+  * a folder of IDX files (MNIST / Fashion-MNIST layout: `train-images-idx3-ubyte[.gz]`,
+    `train-labels-idx1-ubyte[.gz]`, `t10k-...` for the test split);
+  * an `.npz` file with arrays `x_<split>` ([N, H, W] or [N, H, W, C] uint8) and `y_<split>` ([N] int);
+  * `digits`: scikit-learn's bundled 8x8 digits, the embedded default (prepared automatically on
+    first use).
+
+Every example holds the encoded image (the original JPEG/PNG bytes when the file is one, PNG
+otherwise), its label, and an `id` (the source path or array index), so nothing depends on the
+order TFDS gives the records. Every file is fully decoded once while importing: those that fail are
+skipped, counted and listed in the printed report (and in `import_report.json` beside the data).
+Writing needs neither TensorFlow nor a network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import json
+import os
+import re
+import shutil
+import struct
+import sys
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from dcjax.data.datasets import (
+    DATASET_VERSION,
+    REPORT_FILE,
+    DataError,
+    dataset_dir,
+    resolve_data_dir,
+)
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_SPLIT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_KEEP_FORMATS = {"JPEG", "PNG"}
+
+
+@dataclasses.dataclass
+class ImportReport:
+    """What an import wrote and what it could not read."""
+
+    name: str
+    path: str = ""
+    source: str = ""
+    class_names: list[str] = dataclasses.field(default_factory=list)
+    counts: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)  # split -> class -> n
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (file, reason)
+
+    def count(self, split: str, label: str) -> None:
+        per_class = self.counts.setdefault(split, {})
+        per_class[label] = per_class.get(label, 0) + 1
+
+    def total(self, split: str | None = None) -> int:
+        splits = [split] if split else list(self.counts)
+        return sum(sum(self.counts.get(s, {}).values()) for s in splits)
+
+    def format(self) -> str:
+        lines = [f"dataset {self.name!r} from {self.source}", f"  written to {self.path}"]
+        for split in sorted(self.counts):
+            per_class = self.counts[split]
+            lines.append(f"  {split}: {self.total(split)} images in {len(per_class)} classes")
+            for label in self.class_names:
+                if label in per_class:
+                    lines.append(f"    {label:<24s} {per_class[label]}")
+        lines.append(f"  skipped: {len(self.skipped)} file(s) (undecodable, or not under split/class/)")
+        for path, reason in self.skipped:
+            lines.append(f"    {path}: {reason}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- image checks
+
+
+def checked_image_bytes(data: bytes) -> bytes:
+    """Fully decodes `data`; returns it as is if JPEG/PNG, else re-encoded as PNG. Raises on failure."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        if im.format in _KEEP_FORMATS:
+            return data
+        return encode_png(np.asarray(im.convert("RGB")))
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """[H, W] or [H, W, C] uint8 -> PNG bytes."""
+    from PIL import Image
+
+    if array.dtype != np.uint8:
+        raise ValueError(f"images must be uint8, got {array.dtype}")
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- sources
+# A source is (class_names, {split: callable returning an iterator of (id, label_name, raw bytes)}).
+# Raw bytes are checked (and counted or skipped) by the writer, so every source gets the same report.
+
+RawExample = tuple[str, str, bytes]
+Source = tuple[list[str], dict[str, Callable[[], Iterator[RawExample]]]]
+
+
+def _split_class_of(parts: tuple[str, ...]) -> tuple[str, str] | None:
+    if len(parts) < 3:
+        return None
+    return parts[-3], parts[-2]
+
+
+def folder_source(root: Path, report: ImportReport) -> Source:
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    layout: dict[str, list[tuple[str, Path]]] = {}
+    classes: set[str] = set()
+    for path in files:
+        rel = path.relative_to(root).parts
+        sc = _split_class_of(rel)
+        if sc is None or any(part.startswith(".") for part in rel):
+            report.skipped.append((str(path), "not an image under split/class/"))
+            continue
+        layout.setdefault(sc[0], []).append((sc[1], path))
+        classes.add(sc[1])
+
+    def split_iter(split: str) -> Iterator[RawExample]:
+        for label, path in layout[split]:
+            yield str(path.relative_to(root)), label, path.read_bytes()
+
+    return sorted(classes), {s: (lambda s=s: split_iter(s)) for s in sorted(layout)}
+
+
+def tar_source(path: Path, report: ImportReport) -> Source:
+    try:
+        with tarfile.open(path) as tar:
+            names = [m.name for m in tar.getmembers() if m.isfile()]
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"cannot read the archive {path}: {e}") from e
+    splits: set[str] = set()
+    classes: set[str] = set()
+    for name in names:
+        parts = Path(name).parts
+        sc = _split_class_of(parts)
+        if sc is None or any(part.startswith(".") for part in parts):
+            report.skipped.append((name, "not an image under split/class/"))
+            continue
+        splits.add(sc[0])
+        classes.add(sc[1])
+
+    def split_iter(split: str) -> Iterator[RawExample]:
+        # One streaming pass per split, in archive order (seeking back in a .gz stream would
+        # decompress it again from the start for every member).
+        with tarfile.open(path, "r|*") as tar:
+            for m in tar:
+                if not m.isfile():
+                    continue
+                parts = Path(m.name).parts
+                sc = _split_class_of(parts)
+                if sc is None or sc[0] != split or any(p.startswith(".") for p in parts):
+                    continue
+                f = tar.extractfile(m)
+                yield m.name, sc[1], f.read() if f is not None else b""
+
+    return sorted(classes), {s: (lambda s=s: split_iter(s)) for s in sorted(splits)}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Reads an IDX file (optionally gzipped) into a numpy array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read IDX file {path}: {e}") from e
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise DataError(f"{path} is not an IDX file (bad magic number)")
+    dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if data[2] not in dtypes:
+        raise DataError(f"{path}: unknown IDX element type 0x{data[2]:02x}")
+    ndim = data[3]
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    dtype = np.dtype(dtypes[data[2]])
+    expected = int(np.prod(dims)) * dtype.itemsize
+    body = data[4 + 4 * ndim :]
+    if len(body) != expected:
+        raise DataError(f"{path}: header says {dims} ({expected} bytes) but holds {len(body)} bytes")
+    return np.frombuffer(body, dtype=dtype).reshape(dims)
+
+
+def idx_source(root: Path, report: ImportReport, class_names: list[str] | None) -> Source:
+    arrays = {}
+    for prefix, split in (("train", "train"), ("t10k", "test")):
+        images = sorted(root.glob(f"{prefix}-images-idx3-ubyte*"))
+        labels = sorted(root.glob(f"{prefix}-labels-idx1-ubyte*"))
+        if images and labels:
+            x, y = read_idx(images[0]), read_idx(labels[0])
+            if len(x) != len(y):
+                raise DataError(f"{images[0]} has {len(x)} images but {labels[0]} {len(y)} labels")
+            arrays[split] = (x.astype(np.uint8), y.astype(np.int64))
+    if not arrays:
+        raise DataError(f"no IDX files (train-images-idx3-ubyte[.gz] ...) found in {root}")
+    return arrays_source(arrays, report, class_names)
+
+
+def npz_source(path: Path, report: ImportReport, class_names: list[str] | None) -> Source:
+    try:
+        npz = np.load(path)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {path}: {e}") from e
+    arrays = {}
+    for key in npz.files:
+        if key.startswith("x_"):
+            split = key[2:]
+            if f"y_{split}" not in npz.files:
+                raise DataError(f"{path} has {key} but no y_{split}")
+            arrays[split] = (npz[key], npz[f"y_{split}"])
+    if not arrays:
+        raise DataError(f"{path} holds no x_<split> / y_<split> arrays")
+    return arrays_source(arrays, report, class_names)
+
+
+def digits_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """scikit-learn's 1,797 8x8 digits as uint8; a fixed random 20% (seed 0) is the 'test' split."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    labels = digits.target.astype(np.int64)
+    test = np.zeros(len(images), dtype=bool)
+    test[np.random.default_rng(0).permutation(len(images))[: len(images) // 5]] = True
+    return {"train": (images[~test], labels[~test]), "test": (images[test], labels[test])}
+
+
+def arrays_source(arrays: dict[str, tuple[np.ndarray, np.ndarray]], report: ImportReport,
+                  class_names: list[str] | None = None) -> Source:
+    all_labels = np.concatenate([np.asarray(y).reshape(-1) for _, y in arrays.values()])
+    if all_labels.size and all_labels.min() < 0:
+        raise DataError("labels must be non-negative integers")
+    num_classes = int(all_labels.max()) + 1 if all_labels.size else 0
+    names = class_names or [str(i) for i in range(num_classes)]
+    if len(names) < num_classes:
+        raise DataError(f"{len(names)} class names for {num_classes} classes")
+    for split, (x, y) in arrays.items():
+        if x.ndim not in (3, 4) or len(x) != len(y):
+            raise DataError(f"split {split!r}: images must be [N, H, W(, C)] with N labels, "
+                            f"got {x.shape} and {np.shape(y)}")
+
+    def split_iter(split: str) -> Iterator[RawExample]:
+        x, y = arrays[split]
+        for i in range(len(x)):
+            yield f"{split}/{i}", names[int(y[i])], encode_png(np.asarray(x[i], dtype=np.uint8))
+
+    return names, {s: (lambda s=s: split_iter(s)) for s in sorted(arrays)}
+
+
+def open_source(source: str, report: ImportReport, class_names: list[str] | None = None) -> Source:
+    """Class names come from the folders for image folders and tarballs; `class_names` names the
+    integer labels of array sources (IDX, .npz, digits), which otherwise are '0', '1', ..."""
+    if source == "digits":
+        return arrays_source(digits_arrays(), report, class_names)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"--source={source}: no such file or folder")
+    if path.is_dir():
+        if any(path.glob("*-idx[13]-ubyte*")):
+            return idx_source(path, report, class_names)
+        if class_names:
+            raise DataError("--class_names is for IDX / .npz sources; folders name their classes")
+        return folder_source(path, report)
+    if path.name.endswith((".tar", ".tar.gz", ".tgz")):
+        if class_names:
+            raise DataError("--class_names is for IDX / .npz sources; tarballs name their classes")
+        return tar_source(path, report)
+    if path.suffix == ".npz":
+        return npz_source(path, report, class_names)
+    raise DataError(f"--source={source}: expected a folder, a .tar(.gz), an .npz or 'digits'")
+
+
+# --------------------------------------------------------------------------- the TFDS builder
+
+
+def _make_builder(name: str, data_dir: str, class_names: list[str],
+                  split_iters: dict[str, Callable[[], Iterator[RawExample]]],
+                  report: ImportReport, description: str):
+    import tensorflow_datasets as tfds
+
+    def generate(split: str):
+        for example_id, label, raw in split_iters[split]():
+            try:
+                image = checked_image_bytes(raw)
+            except Exception as e:  # noqa: BLE001 - any decode failure is reported, not raised
+                report.skipped.append((example_id, f"{type(e).__name__}: {e}".strip()))
+                continue
+            report.count(split, label)
+            yield example_id, {"image": image, "label": label, "id": example_id}
+
+    class ImportedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        VERSION = tfds.core.Version(DATASET_VERSION)
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self,
+                description=description,
+                features=tfds.features.FeaturesDict({
+                    # Encoded JPEG/PNG bytes, decoded by dcjax.data.pipeline (no TensorFlow).
+                    "image": tfds.features.Tensor(shape=(), dtype=np.bytes_),
+                    "label": tfds.features.ClassLabel(names=class_names),
+                    "id": tfds.features.Text(),
+                }),
+                supervised_keys=("image", "label"),
+                # Records keep the generator's order; ids are stored anyway.
+                disable_shuffling=True,
+            )
+
+        def _split_generators(self, dl_manager):
+            return {split: self._generate_examples(split) for split in split_iters}
+
+        def _generate_examples(self, split):
+            yield from generate(split)
+
+    ImportedImages.name = name
+    return ImportedImages(data_dir=data_dir, file_format="array_record")
+
+
+def _quiet_tfds() -> None:
+    import tensorflow_datasets as tfds
+    from absl import logging
+
+    tfds.disable_progress_bar()
+    logging.set_verbosity(logging.WARNING)
+
+
+def prepare(source: str, name: str, data_dir: str | None = None, overwrite: bool = False,
+            class_names: list[str] | None = None, verbose: bool = True) -> ImportReport:
+    """Imports `source` as the TFDS ArrayRecord dataset `name` under `data_dir`; returns the report."""
+    if not _NAME_RE.match(name):
+        raise DataError(f"--name={name!r}: use lowercase letters, digits and '_', starting with a letter")
+    data_dir = resolve_data_dir(data_dir)
+    target = dataset_dir(name, data_dir)
+    if target.exists():
+        if not overwrite:
+            raise DataError(f"dataset {name!r} already exists at {target}; pass --overwrite to replace it")
+        shutil.rmtree(target)
+    report = ImportReport(name=name, source=source, path=str(target))
+    names, split_iters = open_source(source, report, class_names)
+    if not split_iters:
+        raise DataError(f"--source={source}: found no images under split/class/")
+    bad_splits = [s for s in split_iters if not _SPLIT_RE.match(s)]
+    if bad_splits:
+        raise DataError(f"split folder names must be identifiers, got {bad_splits}")
+    report.class_names = list(names)
+    builder = _make_builder(name, data_dir, names, split_iters, report,
+                            description=f"Imported by dcjax.data.prepare from {source}")
+    _quiet_tfds()
+    builder.download_and_prepare()
+    empty = [s for s in split_iters if report.total(s) == 0]
+    if empty:
+        shutil.rmtree(target, ignore_errors=True)
+        raise DataError(f"no image in split(s) {empty} could be decoded; nothing was written")
+    with open(target / REPORT_FILE, "w") as f:
+        json.dump(report.to_json(), f, indent=1)
+    if verbose:
+        print(report.format())
+    return report
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags
+
+    del argv
+    flags_ = flags.FLAGS
+    class_names = [c for c in (flags_.class_names or "").split(",") if c] or None
+    try:
+        prepare(flags_.source, flags_.name, flags_.data_dir, flags_.overwrite, class_names)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("source", None, "Image folder, .tar(.gz), IDX folder, .npz, or 'digits'.")
+    flags.DEFINE_string("name", None, "Dataset name (lowercase, digits, '_').")
+    flags.DEFINE_string("data_dir", None, "TFDS data dir (default $DCJAX_DATA_DIR or "
+                        "~/tensorflow_datasets).")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing dataset of the same name.")
+    flags.DEFINE_string("class_names", None, "Comma-separated class names for integer labels "
+                        "(IDX / .npz sources).")
+    flags.mark_flags_as_required(["source", "name"])
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _define_flags()
+    app.run(main)

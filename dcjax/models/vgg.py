@@ -1,0 +1,55 @@
+"""VGG16 with BatchNorm, as in DeepCluster's VGG16 experiments, in Flax Linen.
+
+Convs `[64, 64, M, 128, 128, M, 256, 256, 256, M, 512, 512, 512, M, 512, 512, 512, M]`, each 3x3 pad 1
+-> BatchNorm -> ReLU; M = max-pool 2x2 stride 2. At 224 px the body ends at 7x7x512 = 25088; classifier
+fc6 (25088 -> 4096) -> ReLU -> Dropout -> fc7 -> ReLU -> top_layer, no dropout before fc6. Sobel front
+end and initialisation as AlexNet.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from dcjax.models.alexnet import BN_EPSILON, BN_MOMENTUM, OUTPUTS, classifier_head, conv_init
+from dcjax.models.sobel import sobel_filter
+
+VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+                512, 512, 512, "M")
+
+
+class VGG16(nn.Module):
+    """VGG16-BN. output='convs' returns the 13 conv activations after ReLU, before pooling."""
+
+    fc_dim: int = 4096
+    num_classes: int = 10000
+    sobel: bool = True
+    dropout: float = 0.5
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False, output: str = "logits"):
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        if self.sobel:
+            x = sobel_filter(x)
+        x = x.astype(self.dtype)
+        activations = []
+        i = 0
+        for item in VGG16_LAYOUT:
+            if item == "M":
+                x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+                continue
+            i += 1
+            x = nn.Conv(item, (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_init,
+                        dtype=self.dtype, name=f"conv{i}")(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+                             epsilon=BN_EPSILON, dtype=self.dtype, name=f"bn{i}")(x)
+            x = nn.relu(x)
+            activations.append(x)
+        if output == "convs":
+            return activations
+        x = x.reshape((x.shape[0], -1))
+        return classifier_head(self, x, train, output, dropout_before_fc6=False)

@@ -1,0 +1,92 @@
+"""A bad configuration stops before any work with one sentence naming the field."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from dcjax.config_lib import ConfigError, load_config_file, validate, validate_against_data
+from dcjax.train import train_and_evaluate
+
+
+def config(name, arg=None):
+    return load_config_file(str(ROOT / "configs" / f"{name}.py"), arg)
+
+
+def digits(arg=None):
+    return config("digits", arg)
+
+
+def test_reference_configs_validate():
+    for name in ("digits", "fashion_mnist", "cifar10", "imagenette", "imagenet_alexnet",
+                 "imagenet_vgg16"):
+        for arg in (None, "smoke"):
+            validate(config(name, arg), num_devices=4)
+
+
+def test_imagenet_config_is_the_papers_setup():
+    c = config("imagenet_alexnet")
+    assert (c.model.name, c.model.sobel, c.clustering.k, c.num_epochs, c.batch_size) == (
+        "alexnet", True, 10000, 500, 256)
+    assert (c.optim.lr, c.optim.weight_decay, c.optim.momentum) == (0.05, 1e-5, 0.9)
+    assert (c.clustering.pca_dim, c.clustering.iterations, c.seed) == (256, 20, 31)
+    assert c.clustering.sampler == "uniform"
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("model.name", "resnet", "config.model.name='resnet' is not a known architecture"),
+    ("clustering.k", 0, "config.clustering.k=0 must be an integer >= 1"),
+    ("clustering.backend", "cuml", "config.clustering.backend='cuml'"),
+    ("clustering.sampler", "balanced", "config.clustering.sampler='balanced'"),
+    ("data.image_size", 224, "config.data.image_size=224 does not fit alexnet_small"),
+    ("data.data_dir", "/no/such/dir", "config.data.data_dir='/no/such/dir' is not a directory"),
+    ("optim.lr", -1.0, "config.optim.lr=-1.0 must be positive"),
+    ("clustering.pca_dim", 4096, "config.clustering.pca_dim=4096 exceeds"),
+])
+def test_bad_values_name_the_field(field, value, message):
+    c = digits()
+    section, key = field.split(".")
+    c[section][key] = value
+    with pytest.raises(ConfigError) as e:
+        validate(c, num_devices=4)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_batch_not_divisible_by_devices():
+    c = digits()
+    c.batch_size = 66
+    with pytest.raises(ConfigError, match="config.batch_size=66 is not divisible by the 4 devices"):
+        validate(c, num_devices=4)
+
+
+def test_k_larger_than_the_dataset():
+    c = digits()
+    c.clustering.k = 5000
+    with pytest.raises(ConfigError, match="config.clustering.k=5000 but the dataset 'digits' has 1438"):
+        validate_against_data(c, {"train": 1438, "test": 359})
+
+
+def run_main(*overrides, tmp_path):
+    return subprocess.run([sys.executable, "-m", "dcjax.main", "--config=configs/digits.py:smoke",
+                           f"--workdir={tmp_path}/run", *overrides], cwd=ROOT,
+                          capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.clustering.k=100000", "error: config.clustering.k=100000 but the dataset 'digits'"),
+    ("--config.data.name=imagenet_missing", "error: dataset 'imagenet_missing' not found"),
+])
+def test_cli_bad_config_is_one_line_exit_2(override, message, tmp_path):
+    result = run_main(override, tmp_path=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert lines[-1].startswith(message)
+    assert "Traceback" not in result.stderr
+
+
+def test_setup_runs_end_to_end_on_digits(tmp_path):
+    summary = train_and_evaluate(digits("smoke"), str(tmp_path))
+    assert summary["train_images"] == 1438 and summary["devices"] == 4
+    assert summary["fc7_shape"] == [32, 64] and summary["train_batch_shape"] == [32, 32, 32, 3]
+    assert (tmp_path / "config.json").exists()

@@ -1,0 +1,241 @@
+"""Importing image folders, tarballs, IDX files and digits; the ordered and training views."""
+
+import gzip
+import struct
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+from conftest import ROOT, shared_file
+from PIL import Image
+
+from dcjax.data import pipeline
+from dcjax.data.datasets import DataError, open_split
+from dcjax.data.prepare import prepare, read_idx
+
+VIEW = pipeline.ViewConfig(image_size=16, resize_size=16)
+
+
+def write_folder(root, corrupt=True):
+    """train/{cat,dog}/ with 7 + 5 images, test/{cat,dog}/ with 2 + 3; one corrupt JPEG in train."""
+    rng = np.random.default_rng(0)
+    counts = {("train", "cat"): 7, ("train", "dog"): 5, ("test", "cat"): 2, ("test", "dog"): 3}
+    for (split, label), n in counts.items():
+        d = root / "pets" / split / label
+        d.mkdir(parents=True)
+        for i in range(n):
+            size = (int(rng.integers(12, 40)), int(rng.integers(12, 40)))
+            img = Image.fromarray(rng.integers(0, 255, size + (3,), dtype=np.uint8))
+            img.save(d / f"{i}.{'png' if i % 2 else 'jpg'}")
+    if corrupt:
+        (root / "pets" / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    return counts
+
+
+def test_image_folder_import_reports_and_skips_the_corrupt_file(tmp_path, capsys):
+    counts = write_folder(tmp_path)
+    report = prepare(str(tmp_path / "pets"), "pets", str(tmp_path / "tfds"))
+    assert report.counts == {"train": {"cat": 7, "dog": 5}, "test": {"cat": 2, "dog": 3}}
+    assert [p for p, _ in report.skipped] == ["train/cat/broken.jpg"]
+    out = capsys.readouterr().out
+    assert "train: 12 images in 2 classes" in out and "broken.jpg" in out
+    source, info = open_split("pets", "train", str(tmp_path / "tfds"))
+    assert info.class_names == ("cat", "dog") and len(source) == 12
+    ids = sorted(source[i]["id"].decode() for i in range(len(source)))
+    assert ids == sorted(f"train/{c}/{i}.{'png' if i % 2 else 'jpg'}"
+                         for (s, c), n in counts.items() if s == "train" for i in range(n))
+    # Stored bytes decode to the original pixels (PNG) and labels follow the class folders.
+    for i in range(len(source)):
+        rec = source[i]
+        name = rec["id"].decode()
+        assert info.class_names[rec["label"]] == name.split("/")[1]
+        if name.endswith(".png"):
+            original = np.asarray(Image.open(tmp_path / "pets" / name).convert("RGB"))
+            np.testing.assert_array_equal(pipeline.decode_image(rec["image"]), original)
+
+
+def test_tarball_import_matches_folder_import(tmp_path):
+    write_folder(tmp_path, corrupt=True)
+    with tarfile.open(tmp_path / "pets.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "pets", arcname="pets")
+    report = prepare(str(tmp_path / "pets.tar.gz"), "pets_tar", str(tmp_path / "tfds"))
+    assert report.total("train") == 12 and report.total("test") == 5
+    assert [p for p, _ in report.skipped] == ["pets/train/cat/broken.jpg"]
+
+
+def test_existing_dataset_is_not_overwritten_silently(tmp_path):
+    write_folder(tmp_path, corrupt=False)
+    prepare(str(tmp_path / "pets"), "pets", str(tmp_path / "tfds"), verbose=False)
+    with pytest.raises(DataError, match="already exists"):
+        prepare(str(tmp_path / "pets"), "pets", str(tmp_path / "tfds"), verbose=False)
+    prepare(str(tmp_path / "pets"), "pets", str(tmp_path / "tfds"), overwrite=True, verbose=False)
+
+
+def write_idx(path, array):
+    codes = {np.dtype(np.uint8): 0x08}
+    header = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(f">{array.ndim}I",
+                                                                          *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def test_idx_import(tmp_path):
+    rng = np.random.default_rng(0)
+    x_train = rng.integers(0, 255, (30, 28, 28), dtype=np.uint8)
+    y_train = (np.arange(30) % 3).astype(np.uint8)
+    x_test = rng.integers(0, 255, (6, 28, 28), dtype=np.uint8)
+    y_test = (np.arange(6) % 3).astype(np.uint8)
+    d = tmp_path / "idx"
+    d.mkdir()
+    write_idx(d / "train-images-idx3-ubyte.gz", x_train)
+    write_idx(d / "train-labels-idx1-ubyte.gz", y_train)
+    write_idx(d / "t10k-images-idx3-ubyte.gz", x_test)
+    write_idx(d / "t10k-labels-idx1-ubyte.gz", y_test)
+    np.testing.assert_array_equal(read_idx(d / "train-images-idx3-ubyte.gz"), x_train)
+    report = prepare(str(d), "idx_toy", str(tmp_path / "tfds"), class_names=["a", "b", "c"],
+                     verbose=False)
+    assert report.counts["train"] == {"a": 10, "b": 10, "c": 10}
+    source, info = open_split("idx_toy", "test", str(tmp_path / "tfds"))
+    assert info.class_names == ("a", "b", "c")
+    for i in range(len(source)):
+        rec = source[i]
+        j = int(rec["id"].decode().split("/")[1])
+        assert rec["label"] == y_test[j]
+        np.testing.assert_array_equal(pipeline.decode_image(rec["image"])[..., 0], x_test[j])
+
+
+def test_truncated_idx_file_is_a_clear_error(tmp_path):
+    d = tmp_path / "idx"
+    d.mkdir()
+    write_idx(d / "train-images-idx3-ubyte.gz", np.zeros((4, 5, 5), np.uint8))
+    data = gzip.open(d / "train-images-idx3-ubyte.gz").read()[:-7]
+    with gzip.open(d / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.write(data)
+    write_idx(d / "train-labels-idx1-ubyte.gz", np.zeros(4, np.uint8))
+    with pytest.raises(DataError, match="header says"):
+        prepare(str(d), "bad_idx", str(tmp_path / "tfds"), verbose=False)
+
+
+def test_digits_are_prepared_on_first_use():
+    source, info = open_split("digits", "train")
+    test_source, _ = open_split("digits", "test")
+    assert len(source) + len(test_source) == 1797
+    assert info.num_classes == 10
+    image = pipeline.decode_image(source[0]["image"])
+    assert image.shape == (8, 8, 3) and image.dtype == np.uint8
+
+
+def test_missing_dataset_and_split_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        open_split("no_such_dataset", "train", str(tmp_path))
+    with pytest.raises(DataError, match="has no split 'validation'"):
+        open_split("digits", "validation")
+
+
+def test_damaged_dataset_is_reported(tmp_path):
+    write_folder(tmp_path, corrupt=False)
+    report = prepare(str(tmp_path / "pets"), "pets", str(tmp_path / "tfds"), verbose=False)
+    for f in (tmp_path / "tfds" / "pets" / "1.0.0").glob("*train.array_record*"):
+        f.unlink()
+    with pytest.raises(DataError):
+        source, _ = open_split("pets", "train", str(tmp_path / "tfds"))
+        source[0]
+    assert report.total("train") == 12
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_ordered_view_covers_every_image_exactly_once(processes):
+    source, _ = open_split("digits", "test")
+    n, batch = len(source), 64
+    seen, labels = [], []
+    for p in range(processes):
+        for b in pipeline.ordered_batches(source, VIEW, batch, process_index=p,
+                                          process_count=processes):
+            assert b["image"].shape == (batch // processes, 16, 16, 3)
+            assert b["image"].dtype == np.uint8
+            seen.append(b["index"][b["mask"]])
+            labels.append(b["label"][b["mask"]])
+            assert np.all(b["index"][~b["mask"]] == -1)
+    seen = np.concatenate(seen)
+    assert len(seen) == n and sorted(seen) == list(range(n))
+    truth = np.array([source[i]["label"] for i in range(n)])
+    np.testing.assert_array_equal(np.concatenate(labels), truth[seen])
+    if processes == 1:
+        np.testing.assert_array_equal(seen, np.arange(n))
+
+
+def test_ordered_view_is_deterministic_center_crop():
+    source, _ = open_split("digits", "test")
+    a = next(pipeline.ordered_batches(source, VIEW, 8))
+    b = next(pipeline.ordered_batches(source, VIEW, 8))
+    np.testing.assert_array_equal(a["image"], b["image"])
+    up = np.asarray(Image.fromarray(pipeline.decode_image(source[0]["image"])).resize(
+        (16, 16), Image.BILINEAR))
+    np.testing.assert_array_equal(a["image"][0], up)
+
+
+def test_training_view_returns_the_requested_indices_augmented():
+    source, _ = open_split("digits", "train")
+    rng = np.random.default_rng(0)
+    indices = rng.choice(len(source), size=100, replace=True)
+    batches = list(pipeline.train_batches(source, indices, VIEW, 32, seed=3))
+    assert len(batches) == 3  # full batches only
+    got = np.concatenate([b["index"] for b in batches])
+    np.testing.assert_array_equal(got, indices[:96])
+    truth = np.array([source[int(i)]["label"] for i in indices[:96]])
+    np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches]), truth)
+    centre = next(pipeline.ordered_batches(source, VIEW, 1))["image"]
+    # Augmented: the same image at different positions gets different crops.
+    dup = pipeline.train_batches(source, np.zeros(32, np.int64), VIEW, 32, seed=0)
+    views = next(dup)["image"]
+    assert len({v.tobytes() for v in views}) > 16
+    assert any(not np.array_equal(v, centre[0]) for v in views)
+
+
+def test_training_view_is_reproducible_and_resumable():
+    source, _ = open_split("digits", "train")
+    indices = np.random.default_rng(1).permutation(len(source))[:128]
+    full = list(pipeline.train_batches(source, indices, VIEW, 32, seed=7))
+    resumed = list(pipeline.train_batches(source, indices, VIEW, 32, seed=7, start_batch=2))
+    assert len(resumed) == 2
+    for a, b in zip(full[2:], resumed):
+        np.testing.assert_array_equal(a["image"], b["image"])
+    other = next(pipeline.train_batches(source, indices, VIEW, 32, seed=8))
+    assert not np.array_equal(other["image"], full[0]["image"])
+    # Two processes' rows, stacked in process order, are the one-process global batch.
+    halves = [next(pipeline.train_batches(source, indices, VIEW, 32, seed=7, process_index=p,
+                                          process_count=2)) for p in range(2)]
+    np.testing.assert_array_equal(np.concatenate([h["image"] for h in halves]), full[0]["image"])
+
+
+def test_random_resized_crop_box_respects_scale_and_ratio():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        top, left, h, w = pipeline.random_resized_crop_box(100, 80, rng, (0.08, 1.0),
+                                                           (3 / 4, 4 / 3))
+        assert 0 <= top and top + h <= 100 and 0 <= left and left + w <= 80
+        assert 0.07 * 8000 <= h * w <= 8000
+
+
+def test_prepare_cli_reports_bad_source(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "dcjax.data.prepare",
+                             f"--source={tmp_path}/nothing", "--name=x",
+                             f"--data_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --source=")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_shared_cifar10_tarball_imports_completely(tmp_path):
+    path = shared_file("cifar10-jpg.tar.gz")
+    report = prepare(str(path), "cifar10_jpg", str(tmp_path), verbose=False)
+    assert report.total("train") == 50000 and report.total("test") == 10000
+    assert all(n == 5000 for n in report.counts["train"].values())
+    assert [p for p, _ in report.skipped if p.lower().endswith((".jpg", ".png"))] == []
+    source, info = open_split("cifar10_jpg", "test", str(tmp_path))
+    assert info.class_names[0] == "airplane" and len(source) == 10000
+    img = pipeline.decode_image(source[0]["image"])
+    assert img.shape == (32, 32, 3)
