@@ -18,6 +18,7 @@ def get_config(arg: str | None = None):
 
     c.data.name = "cifar10_jpg"
     c.data.eval_split = "test"
+    c.data.num_threads = 2  # the 2-core development machine; raise on bigger hosts
     c.data.image_size = 32
     c.data.resize_size = 32
 

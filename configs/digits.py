@@ -21,7 +21,7 @@ def get_config(arg: str | None = None):
     c.data.eval_split = "test"
     c.data.image_size = 32
     c.data.resize_size = 32
-    c.data.num_threads = 4
+    c.data.num_threads = 2
 
     c.model.name = "alexnet_small"
     c.model.widths = (32, 64, 96, 96, 64)

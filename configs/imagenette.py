@@ -19,6 +19,7 @@ def get_config(arg: str | None = None):
 
     c.data.name = "imagenette128"
     c.data.eval_split = "val"
+    c.data.num_threads = 2  # the 2-core development machine; raise on bigger hosts
     c.data.image_size = 64
     c.data.resize_size = 73  # the 224/256 ratio of the reference's centre crop
 

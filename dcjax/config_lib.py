@@ -39,9 +39,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.eval_split = "validation"
     c.data.image_size = 224
     c.data.resize_size = 256
-    c.data.num_threads = 8  # grain reader threads per process
+    c.data.num_threads = 8  # grain threads per process (each builds whole batches)
     c.data.num_workers = 0  # grain worker processes per host (0: threads only)
-    c.data.prefetch = 64
+    c.data.prefetch = 8  # batches
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "alexnet"

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -134,32 +134,40 @@ def host_rows(indices: np.ndarray, global_batch: int, process_index: int,
     return rows[:, process_index].reshape(-1)
 
 
-class _Gather:
-    """Random-access view of `source` at `indices` (-1 = padding, read as record 0).
+class _BatchSource:
+    """Random-access source of whole host batches: batch b = records `indices[b]`, transformed.
 
-    `positions` are the elements' places in the global (all-process) order; augmentation seeds
-    come from them, so the views do not depend on how many processes share the work.
+    A batch, not an image, is grain's unit of work: one read call per batch (ArrayRecord batch
+    reads), and threads parallelise over batches, which keeps per-image overhead low on small
+    images. `indices` [num_batches, b] (-1 = padding, read as record 0, mask False); `positions`
+    are the images' places in the global (all-process) order, from which augmentation seeds come,
+    so the views do not depend on how many processes share the work.
     """
 
-    def __init__(self, source: Any, indices: np.ndarray, positions: np.ndarray):
+    def __init__(self, source: Any, indices: np.ndarray, positions: np.ndarray,
+                 transform: Callable[[np.ndarray, int], np.ndarray]):
         self._source = source
         self._indices = np.asarray(indices, dtype=np.int64)
         self._positions = np.asarray(positions, dtype=np.int64)
+        self._transform = transform
 
     def __len__(self) -> int:
         return len(self._indices)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        index = int(self._indices[i])
-        record = self._source[max(index, 0)]
-        return {"image": record["image"], "label": int(record.get("label", -1)),
-                "index": index, "position": int(self._positions[i])}
+    def _read(self, keys: list[int]) -> list[dict[str, Any]]:
+        if hasattr(self._source, "__getitems__"):
+            return list(self._source.__getitems__(keys))
+        return [self._source[key] for key in keys]
 
-
-def _finish(example: dict[str, Any], image: np.ndarray) -> dict[str, Any]:
-    index = example["index"]
-    return {"image": image, "label": np.int32(example["label"]), "index": np.int32(index),
-            "mask": np.bool_(index >= 0)}
+    def __getitem__(self, b: int) -> Batch:
+        index = self._indices[b]
+        records = self._read([int(i) for i in np.maximum(index, 0)])
+        images = [self._transform(decode_image(r["image"]), int(p))
+                  for r, p in zip(records, self._positions[b])]
+        return {"image": np.stack(images),
+                "label": np.array([int(r.get("label", -1)) for r in records], np.int32),
+                "index": index.astype(np.int32),
+                "mask": index >= 0}
 
 
 def _iterate(ds, num_threads: int, prefetch: int, num_workers: int) -> Iterator[Batch]:
@@ -168,12 +176,20 @@ def _iterate(ds, num_threads: int, prefetch: int, num_workers: int) -> Iterator[
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(num_threads, 1),
                                               prefetch_buffer_size=max(prefetch, 1)))
     if num_workers > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain's worker options are absl flags
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return iter(it)
 
 
+def _batched(rows: np.ndarray, per_host: int) -> np.ndarray:
+    return rows.reshape(-1, per_host)
+
+
 def ordered_batches(source: Any, view: ViewConfig, global_batch: int, *, process_index: int = 0,
-                    process_count: int = 1, num_threads: int = 8, prefetch: int = 64,
+                    process_count: int = 1, num_threads: int = 2, prefetch: int = 4,
                     num_workers: int = 0) -> Iterator[Batch]:
     """Every record once, in order, deterministic view; last batch padded (mask False, index -1)."""
     import grain
@@ -181,12 +197,12 @@ def ordered_batches(source: Any, view: ViewConfig, global_batch: int, *, process
     n = len(source)
     padded = np.full(math.ceil(n / global_batch) * global_batch, -1, dtype=np.int64)
     padded[:n] = np.arange(n)
+    per_host = global_batch // process_count
     rows = host_rows(padded, global_batch, process_index, process_count)
     positions = host_rows(np.arange(len(padded)), global_batch, process_index, process_count)
-    ds = (grain.MapDataset.source(_Gather(source, rows, positions))
-          .map(lambda ex: _finish(ex, center_view(decode_image(ex["image"]), view)))
-          .batch(global_batch // process_count))
-    return _iterate(ds, num_threads, prefetch, num_workers)
+    batches = _BatchSource(source, _batched(rows, per_host), _batched(positions, per_host),
+                           lambda image, position: center_view(image, view))
+    return _iterate(grain.MapDataset.source(batches), num_threads, prefetch, num_workers)
 
 
 def num_train_batches(num_indices: int, global_batch: int) -> int:
@@ -195,26 +211,25 @@ def num_train_batches(num_indices: int, global_batch: int) -> int:
 
 def train_batches(source: Any, indices: np.ndarray, view: ViewConfig, global_batch: int, *,
                   seed: int, start_batch: int = 0, process_index: int = 0, process_count: int = 1,
-                  num_threads: int = 8, prefetch: int = 64,
+                  num_threads: int = 2, prefetch: int = 4,
                   num_workers: int = 0) -> Iterator[Batch]:
     """Augmented views of `source[indices]` in the given order, full batches only.
 
-    Batches `start_batch`, `start_batch + 1`, ... of the epoch; element randomness depends only on
+    Batches `start_batch`, `start_batch + 1`, ... of the epoch; image randomness depends only on
     (`seed`, position in `indices`).
     """
     import grain
 
     nb = num_train_batches(len(indices), global_batch)
+    per_host = global_batch // process_count
     rows = host_rows(np.asarray(indices)[: nb * global_batch], global_batch, process_index,
                      process_count)
     positions = host_rows(np.arange(nb * global_batch), global_batch, process_index, process_count)
+    seed32 = int(seed) & 0xFFFFFFFF
 
-    def augment(ex: dict[str, Any]) -> dict[str, Any]:
-        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, ex["position"]])
-        return _finish(ex, train_view(decode_image(ex["image"]), view, rng))
+    def augment(image: np.ndarray, position: int) -> np.ndarray:
+        return train_view(image, view, np.random.default_rng([seed32, position]))
 
-    ds = (grain.MapDataset.source(_Gather(source, rows, positions))
-          .map(augment)
-          .batch(global_batch // process_count, drop_remainder=True))
-    ds = ds[start_batch:]
+    batches = _BatchSource(source, _batched(rows, per_host), _batched(positions, per_host), augment)
+    ds = grain.MapDataset.source(batches)[start_batch:]
     return _iterate(ds, num_threads, prefetch, num_workers)

@@ -1,0 +1,198 @@
+"""k-means in JAX, sharded over every device: DeepCluster's clustering step (DESIGN.md step 3).
+
+Lloyd iterations from k distinct random points. Each iteration, on the rows each device holds:
+  1. assign every row to its nearest centroid by `||c||^2 - 2 x.c` (matmul at float32 accuracy,
+     `Precision.HIGHEST`), `chunk` rows at a time, so at most chunk x k scores exist per device and no
+     N x k array exists anywhere; the objective is the sum of squared distances of this assignment;
+  2. split empty clusters: while a cluster is empty, choose a donor with probability proportional
+     to (size - 1), replace the two centroids by the donor's times (1 + eps) and (1 - eps) in
+     alternating coordinates (eps = 1/1024, faiss' `split_clusters`), and give the empty cluster the
+     donor's points nearer its new centroid (half of them, by rank, when that leaves either side
+     empty, e.g. for duplicate points). So with N >= k no cluster is empty after any iteration;
+  3. centroids = per-cluster means, from segment sums and counts added over devices with `psum`.
+The random choices use one key shared by every device, so 1 and many devices give the same result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh, PartitionSpec
+
+from dcjax.clustering.sharding import AXIS, check_features, shard_rows
+
+HIGHEST = lax.Precision.HIGHEST
+SPLIT_EPS = 1.0 / 1024.0
+
+
+@dataclasses.dataclass
+class KMeansResult:
+    centroids: np.ndarray  # [k, D] float32
+    assignment: np.ndarray  # [N] int32
+    objective: np.ndarray  # [iterations]: sum of squared distances at each assignment step
+    splits: np.ndarray  # [iterations]: empty clusters split in each iteration
+
+    @property
+    def num_splits(self) -> int:
+        return int(self.splits.sum())
+
+
+def _nearest(x, centroids, chunk: int):
+    """Local rows [n, D] -> (nearest centroid [n] int32, squared distance [n]), chunk rows at a time."""
+    n, d = x.shape
+    c_sq = jnp.sum(centroids * centroids, axis=1)
+
+    def one_chunk(xc):
+        scores = c_sq[None, :] - 2.0 * jnp.dot(xc, centroids.T, precision=HIGHEST)  # [chunk, k]
+        best = jnp.argmin(scores, axis=1).astype(jnp.int32)
+        dist = jnp.min(scores, axis=1) + jnp.sum(xc * xc, axis=1)
+        return best, jnp.maximum(dist, 0.0)
+
+    best, dist = lax.map(one_chunk, x.reshape(n // chunk, chunk, d))
+    return best.reshape(n), dist.reshape(n)
+
+
+def _global_rank(member):
+    """Rank of each local True in `member` among all devices' Trues, in global row order."""
+    local = jnp.sum(member.astype(jnp.int32))
+    counts = lax.all_gather(local, AXIS)
+    offset = jnp.sum(jnp.where(jnp.arange(counts.shape[0]) < lax.axis_index(AXIS), counts, 0))
+    return jnp.cumsum(member.astype(jnp.int32)) - 1 + offset
+
+
+def _split_empty(x, assign, centroids, counts, key):
+    """Splits donors into empty clusters until none is empty (see module docstring)."""
+    k, d = centroids.shape
+    sign = jnp.where(jnp.arange(d) % 2 == 0, 1.0, -1.0)
+
+    def cond(carry):
+        _, _, counts, nsplit, _ = carry
+        return jnp.any(counts == 0) & (nsplit < k)
+
+    def body(carry):
+        assign, centroids, counts, nsplit, key = carry
+        key, sub = jax.random.split(key)
+        ci = jnp.argmax(counts == 0)
+        weight = jnp.maximum(counts - 1, 0).astype(jnp.float32)
+        cj = jax.random.categorical(sub, jnp.where(weight > 0, jnp.log(weight), -jnp.inf))
+        c = centroids[cj]
+        c_i, c_j = c * (1.0 + sign * SPLIT_EPS), c * (1.0 - sign * SPLIT_EPS)
+        centroids = centroids.at[ci].set(c_i).at[cj].set(c_j)
+        member = assign == cj
+        d_i = jnp.sum((x - c_i) ** 2, axis=1)
+        d_j = jnp.sum((x - c_j) ** 2, axis=1)
+        to_i = member & (d_i < d_j)
+        n_i = lax.psum(jnp.sum(to_i.astype(jnp.int32)), AXIS)
+        degenerate = (n_i == 0) | (n_i == counts[cj])
+        by_rank = member & (_global_rank(member) % 2 == 1)
+        to_i = jnp.where(degenerate, by_rank, to_i)
+        n_i = jnp.where(degenerate, counts[cj] // 2, n_i)
+        assign = jnp.where(to_i, ci, assign).astype(assign.dtype)
+        counts = counts.at[ci].set(n_i).at[cj].add(-n_i)
+        return assign, centroids, counts, nsplit + 1, key
+
+    assign, centroids, counts, nsplit, _ = lax.while_loop(
+        cond, body, (assign, centroids, counts, jnp.zeros((), jnp.int32), key))
+    return assign, centroids, counts, nsplit
+
+
+@functools.partial(jax.jit, static_argnames=("mesh", "chunk"))
+def _lloyd_iteration(x, mask, centroids, key, *, mesh: Mesh, chunk: int):
+    k = centroids.shape[0]
+    rows, rep = PartitionSpec(AXIS), PartitionSpec()
+
+    def local(x, mask, centroids, key):
+        assign, dist = _nearest(x, centroids, chunk)
+        assign = jnp.where(mask, assign, k)  # padding rows go to an extra bucket k
+        objective = lax.psum(jnp.sum(jnp.where(mask, dist, 0.0)), AXIS)
+        ones = mask.astype(jnp.int32)
+        counts = lax.psum(jax.ops.segment_sum(ones, assign, k + 1)[:k], AXIS)
+        assign, centroids, counts, nsplit = _split_empty(x, assign, centroids, counts, key)
+        sums = lax.psum(jax.ops.segment_sum(x, assign, k + 1)[:k], AXIS)
+        means = sums / jnp.maximum(counts, 1)[:, None].astype(sums.dtype)
+        centroids = jnp.where((counts > 0)[:, None], means, centroids)
+        return centroids, assign, objective, nsplit
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(rows, rows, rep, rep),
+                         out_specs=(rep, rows, rep, rep))(x, mask, centroids, key)
+
+
+@functools.partial(jax.jit, static_argnames=("mesh", "chunk"))
+def _assign_only(x, centroids, *, mesh: Mesh, chunk: int):
+    rows, rep = PartitionSpec(AXIS), PartitionSpec()
+    return jax.shard_map(lambda x, c: _nearest(x, c, chunk), mesh=mesh, in_specs=(rows, rep),
+                         out_specs=(rows, rows))(x, centroids)
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """A (possibly multi-host) global array as one numpy array on every process."""
+    if jax.process_count() > 1 and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def check_k(k: int, n: int) -> None:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k={k!r} must be a positive integer")
+    if k > n:
+        raise ValueError(f"k={k} is larger than the number of points N={n}")
+
+
+def init_centroids(features, k: int, seed: int) -> jax.Array:
+    """k distinct random rows of `features` (seeded): [k, D]."""
+    idx = np.sort(np.random.default_rng(seed).choice(features.shape[0], size=k, replace=False))
+    if isinstance(features, np.ndarray):
+        return jnp.asarray(features[idx], jnp.float32)
+    return jnp.take(features, jnp.asarray(idx), axis=0).astype(jnp.float32)
+
+
+def kmeans(features, k: int, *, iterations: int = 20, seed: int = 0, chunk_size: int = 8192,
+           initial_centroids=None, mesh: Mesh | None = None, verbose: bool = False) -> KMeansResult:
+    """Clusters `features` [N, D] (numpy, or a jax.Array sharded by rows) into k clusters.
+
+    Returns the centroids [k, D], the assignment [N] int32 (every cluster non-empty when N >= k),
+    the objective of each iteration and the number of empty-cluster splits in each.
+    """
+    n, d = check_features(features, "features")
+    check_k(k, n)
+    if not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations={iterations!r} must be a positive integer")
+    if initial_centroids is None:
+        centroids = init_centroids(features, k, seed)
+    else:
+        if tuple(initial_centroids.shape) != (k, d):
+            raise ValueError(f"initial centroids have shape {tuple(initial_centroids.shape)}, "
+                             f"expected ({k}, {d})")
+        centroids = jnp.asarray(initial_centroids, jnp.float32)
+    x, mask, mesh, chunk = shard_rows(features, chunk_size, mesh)
+    key = jax.random.key(seed)
+    objective, splits = [], []
+    from tqdm import tqdm
+
+    for it in tqdm(range(iterations), desc="k-means", disable=not verbose, leave=False):
+        centroids, assign, obj, nsplit = _lloyd_iteration(
+            x, mask, centroids, jax.random.fold_in(key, it), mesh=mesh, chunk=chunk)
+        objective.append(obj)
+        splits.append(nsplit)
+    return KMeansResult(centroids=np.asarray(centroids),
+                        assignment=to_host(assign)[:n].astype(np.int32),
+                        objective=np.asarray(jax.device_get(objective), np.float64),
+                        splits=np.asarray(jax.device_get(splits), np.int64))
+
+
+def assign(features, centroids, *, chunk_size: int = 8192,
+           mesh: Mesh | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid [N] int32 and squared distance [N] of each row of `features`."""
+    n, d = check_features(features, "features")
+    if centroids.ndim != 2 or centroids.shape[1] != d:
+        raise ValueError(f"centroids have shape {tuple(centroids.shape)}, features dimension {d}")
+    x, _, mesh, chunk = shard_rows(features, chunk_size, mesh)
+    best, dist = _assign_only(x, jnp.asarray(centroids, jnp.float32), mesh=mesh, chunk=chunk)
+    return to_host(best)[:n], to_host(dist)[:n]
