@@ -37,12 +37,15 @@ def _chunked_cov(x, mask, mean, chunk: int):
     xs = x.reshape(n // chunk, chunk, d)
     ms = mask.reshape(n // chunk, chunk)
 
-    def body(acc, inputs):
-        xc, mc = inputs
+    def gram(xc, mc):
         centred = jnp.where(mc[:, None], xc - mean, 0.0)
-        return acc + jnp.dot(centred.T, centred, precision=HIGHEST), None
+        return jnp.dot(centred.T, centred, precision=HIGHEST)
 
-    cov, _ = lax.scan(body, jnp.zeros((d, d), jnp.float32), (xs, ms))
+    def body(acc, inputs):
+        return acc + gram(*inputs), None
+
+    # Starting from the first chunk's term keeps the carry device-varying inside shard_map.
+    cov, _ = lax.scan(body, gram(xs[0], ms[0]), (xs[1:], ms[1:]))
     return cov
 
 

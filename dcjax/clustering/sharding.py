@@ -33,6 +33,19 @@ def check_features(x, name: str = "features") -> tuple[int, int]:
     return n, d
 
 
+def row_chunk(n: int, ndev: int, chunk_size: int) -> int:
+    """Rows per device per step: a divisor of N / devices in [chunk_size / 2, chunk_size] when
+    there is one (no padding copy of a large array), else chunk_size (or less for small N)."""
+    per_device = math.ceil(n / ndev)
+    if per_device <= chunk_size:
+        return max(1, per_device)
+    if n % ndev == 0:
+        for c in range(chunk_size, chunk_size // 2 - 1, -1):
+            if per_device % c == 0:
+                return c
+    return chunk_size
+
+
 def shard_rows(x, chunk_size: int, mesh: Mesh | None = None):
     """Pads `x` [N, D] to a multiple of devices x chunk rows and shards it on the mesh's axis.
 
@@ -42,13 +55,17 @@ def shard_rows(x, chunk_size: int, mesh: Mesh | None = None):
     mesh = mesh or default_mesh()
     ndev = mesh.devices.size
     n = x.shape[0]
-    chunk = max(1, min(chunk_size, math.ceil(n / ndev)))
+    chunk = row_chunk(n, ndev, chunk_size)
     n_pad = math.ceil(n / (ndev * chunk)) * ndev * chunk
     sharding = NamedSharding(mesh, PartitionSpec(AXIS))
     mask = np.arange(n_pad) < n
     if isinstance(x, np.ndarray):
-        x = np.pad(x.astype(np.float32, copy=False), ((0, n_pad - n), (0, 0)))
+        x = x.astype(np.float32, copy=False)
+        if n_pad != n:
+            x = np.pad(x, ((0, n_pad - n), (0, 0)))
         return jax.device_put(x, sharding), jax.device_put(mask, sharding), mesh, chunk
+    if n_pad == n and x.dtype == jnp.float32 and x.sharding.is_equivalent_to(sharding, 2):
+        return x, jax.device_put(mask, sharding), mesh, chunk
     pad = jax.jit(lambda a: jnp.pad(a.astype(jnp.float32), ((0, n_pad - n), (0, 0))),
                   out_shardings=sharding)
     return pad(x), jax.device_put(mask, sharding), mesh, chunk

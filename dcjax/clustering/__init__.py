@@ -1,0 +1,47 @@
+"""DeepCluster's clustering half: PCA-whitening, k-means (JAX or faiss), the epoch sampler."""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from dcjax.clustering.faiss_backend import faiss_available, kmeans_faiss
+from dcjax.clustering.kmeans import KMeansResult, assign, kmeans, to_host
+from dcjax.clustering.pca import PCA, apply_pca, fit_pca, pca_whiten
+from dcjax.clustering.sampler import natural_sampler, sample_epoch, uniform_label_sampler
+
+BACKENDS = ("jax", "faiss", "auto")
+
+
+def run_kmeans(features, k: int, *, backend: str = "jax", iterations: int = 20, seed: int = 0,
+               chunk_size: int = 8192, mesh: Mesh | None = None,
+               verbose: bool = False) -> KMeansResult:
+    """k-means with the chosen backend. 'auto' runs JAX and, only if JAX cannot run it (a device
+    runtime error such as running out of memory), falls back to faiss and logs why."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown k-means backend {backend!r}; use one of {BACKENDS}")
+    if backend == "faiss":
+        return kmeans_faiss(_host(features), k, iterations=iterations, seed=seed, verbose=verbose)
+    try:
+        return kmeans(features, k, iterations=iterations, seed=seed, chunk_size=chunk_size,
+                      mesh=mesh, verbose=verbose)
+    except (jax.errors.JaxRuntimeError, MemoryError) as e:
+        if backend == "jax" or not faiss_available():
+            raise
+        logging.warning("JAX k-means could not run (%s: %s); falling back to faiss",
+                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        return kmeans_faiss(_host(features), k, iterations=iterations, seed=seed, verbose=verbose)
+
+
+def _host(features) -> np.ndarray:
+    return features if isinstance(features, np.ndarray) else to_host(features)
+
+
+__all__ = [
+    "BACKENDS", "KMeansResult", "PCA", "apply_pca", "assign", "faiss_available", "fit_pca",
+    "kmeans", "kmeans_faiss", "natural_sampler", "pca_whiten", "run_kmeans", "sample_epoch",
+    "uniform_label_sampler",
+]

@@ -1,0 +1,53 @@
+"""Drawing an epoch's training indices from the pseudo-labels (DESIGN.md section 1 step 6).
+
+`uniform_label_sampler` is the paper's: every non-empty cluster contributes the same number of
+images, so a few huge clusters cannot dominate the epoch (the trivial solution). `natural_sampler`
+is a plain shuffle of the dataset, as the official code's sampler in effect feeds; it is kept for
+measuring the difference (`config.clustering.sampler='natural'`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def uniform_label_sampler(assignment: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n image indices [n] int64, shuffled, balanced over the non-empty clusters of `assignment`.
+
+    Each non-empty cluster gives ceil(n / nonempty) images, drawn without replacement when it has
+    that many and with replacement otherwise; the surplus (fewer than `nonempty`) is taken one image
+    each from randomly chosen clusters, so per-cluster counts differ by at most one.
+    """
+    assignment = np.asarray(assignment)
+    if assignment.ndim != 1 or assignment.size == 0:
+        raise ValueError(f"assignment must be a non-empty 1-D array, got shape {assignment.shape}")
+    if n < 1:
+        raise ValueError(f"n={n} must be positive")
+    order = np.argsort(assignment, kind="stable")
+    labels, starts, sizes = np.unique(assignment[order], return_index=True, return_counts=True)
+    per_cluster = math.ceil(n / len(labels))
+    quota = np.full(len(labels), per_cluster)
+    quota[rng.choice(len(labels), size=per_cluster * len(labels) - n, replace=False)] -= 1
+    picks = []
+    for start, size, q in zip(starts, sizes, quota):
+        members = order[start : start + size]
+        picks.append(rng.choice(members, size=q, replace=bool(size < q)))
+    indices = np.concatenate(picks)
+    rng.shuffle(indices)
+    return indices.astype(np.int64)
+
+
+def natural_sampler(num_images: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n indices [n] int64: a shuffle of the dataset (repeated or cut to reach n)."""
+    reps = math.ceil(n / num_images)
+    return np.concatenate([rng.permutation(num_images) for _ in range(reps)])[:n].astype(np.int64)
+
+
+def sample_epoch(kind: str, assignment: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    if kind == "uniform":
+        return uniform_label_sampler(assignment, n, rng)
+    if kind == "natural":
+        return natural_sampler(len(assignment), n, rng)
+    raise ValueError(f"unknown sampler {kind!r}; use 'uniform' or 'natural'")

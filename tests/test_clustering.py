@@ -1,0 +1,246 @@
+"""PCA-whitening, sharded k-means with empty-cluster splitting, the faiss backend, the sampler."""
+
+import io
+import tarfile
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+from conftest import shared_file
+from dcjax import clustering
+from dcjax.clustering import pca_whiten, run_kmeans, uniform_label_sampler
+from dcjax.clustering.kmeans import init_centroids, kmeans
+from dcjax.clustering.sampler import natural_sampler
+
+faiss = pytest.importorskip("faiss", reason="faiss (the test oracle) is not installed")
+
+
+def one_device_mesh() -> Mesh:
+    return Mesh(np.asarray(jax.devices()[:1]), ("data",))
+
+
+def blobs(n=3000, d=16, centers=12, seed=0, spread=4.0):
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centers, d)) * spread
+    labels = rng.integers(0, centers, n)
+    return (c[labels] + rng.normal(size=(n, d))).astype(np.float32), labels
+
+
+# --------------------------------------------------------------------------- PCA
+
+
+def test_whitened_features_have_identity_covariance():
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(4000, 48)) @ rng.normal(size=(48, 48)) + 3.0).astype(np.float32)
+    pca = clustering.fit_pca(x, 16, chunk_size=512)
+    z = np.asarray(clustering.apply_pca(pca, x, l2_normalize=False))
+    np.testing.assert_allclose(np.cov(z.T, bias=True), np.eye(16), atol=1e-4)
+    y, _ = pca_whiten(x, 16, chunk_size=512)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(y), axis=1), 1.0, atol=1e-5)
+
+
+def test_pca_whitening_matches_faiss_pcamatrix_up_to_sign():
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(3000, 64)) @ rng.normal(size=(64, 64))).astype(np.float32)
+    y, _ = pca_whiten(x, 20, chunk_size=1000)
+    y = np.asarray(y)
+    ref = faiss.PCAMatrix(64, 20, -0.5)
+    ref.train(x)
+    f = ref.apply(x)
+    faiss.normalize_L2(f)
+    signs = np.sign((f * y).sum(axis=0))
+    assert set(np.abs(signs)) == {1.0}
+    np.testing.assert_allclose(y * signs, f, atol=2e-4)
+
+
+def test_pca_same_on_one_and_four_devices():
+    x, _ = blobs(n=1001, d=24)
+    y4, p4 = pca_whiten(x, 8, chunk_size=100)
+    y1, p1 = pca_whiten(x, 8, chunk_size=100, mesh=one_device_mesh())
+    assert len(jax.devices()) == 4
+    np.testing.assert_allclose(np.asarray(p4.eigenvalues), np.asarray(p1.eigenvalues), rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(y4), np.asarray(y1), atol=1e-4)
+
+
+# --------------------------------------------------------------------------- k-means
+
+
+def test_kmeans_objective_matches_faiss_from_the_same_init():
+    x, _ = blobs(n=4000, d=32, centers=25)
+    init = np.asarray(init_centroids(x, 40, seed=3))
+    ours = kmeans(x, 40, iterations=20, initial_centroids=init, chunk_size=512)
+    ref = clustering.kmeans_faiss(x, 40, iterations=20, initial_centroids=init)
+    assert ours.objective.shape == (20,)
+    assert abs(ours.objective[-1] - ref.objective[-1]) / ref.objective[-1] < 0.005
+    # Lloyd's objective never increases.
+    assert np.all(np.diff(ours.objective) <= 1e-3 * ours.objective[0])
+
+
+def test_kmeans_matches_scikit_learn_lloyd_from_the_same_init():
+    from sklearn.cluster import KMeans
+
+    x, _ = blobs(n=2000, d=8, centers=10, seed=4)
+    init = np.asarray(init_centroids(x, 10, seed=0))
+    ours = kmeans(x, 10, iterations=20, initial_centroids=init)
+    ref = KMeans(10, init=init, n_init=1, max_iter=20, tol=0, algorithm="lloyd").fit(x)
+    sq = ((x - ours.centroids[ours.assignment]) ** 2).sum()
+    assert abs(sq - ref.inertia_) / ref.inertia_ < 0.005
+
+
+@pytest.mark.slow
+def test_kmeans_matches_faiss_on_real_image_features():
+    path = shared_file("cifar10-jpg.tar.gz")
+    from PIL import Image
+
+    images = []
+    with tarfile.open(path, "r|gz") as tar:
+        for member in tar:
+            if member.isfile() and "/test/" in f"/{member.name}" and len(images) < 5000:
+                data = tar.extractfile(member).read()
+                images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    pixels = np.stack(images).reshape(len(images), -1).astype(np.float32) / 255.0
+    features, _ = pca_whiten(pixels, 64)
+    features = np.asarray(features)
+    init = np.asarray(init_centroids(features, 100, seed=0))
+    ours = kmeans(features, 100, iterations=20, initial_centroids=init)
+    ref = clustering.kmeans_faiss(features, 100, iterations=20, initial_centroids=init)
+    assert abs(ours.objective[-1] - ref.objective[-1]) / ref.objective[-1] < 0.005
+
+
+def test_empty_clusters_are_split_never_kept():
+    # 300 points with only 30 distinct values and k = 200: most clusters empty out at once.
+    rng = np.random.default_rng(0)
+    distinct = rng.normal(size=(30, 4)).astype(np.float32)
+    x = distinct[rng.integers(0, 30, 300)]
+    result = kmeans(x, 200, iterations=5, seed=1)
+    sizes = np.bincount(result.assignment, minlength=200)
+    assert sizes.min() >= 1 and sizes.sum() == 300
+    assert result.num_splits > 0
+    # Every cluster's members are the points nearest... or split-offs of a duplicate group: the
+    # centroid of each cluster is the mean of its members.
+    means = np.stack([x[result.assignment == c].mean(0) for c in range(200)])
+    np.testing.assert_allclose(result.centroids, means, atol=1e-5)
+
+
+def test_k_equal_n_gives_singletons():
+    x, _ = blobs(n=64, d=4, centers=3)
+    result = kmeans(x, 64, iterations=3)
+    assert sorted(result.assignment) == list(range(64))
+
+
+def test_one_and_four_devices_give_the_same_assignment():
+    x, _ = blobs(n=2003, d=16, centers=30, seed=5)
+    four = kmeans(x, 50, iterations=10, seed=2, chunk_size=128)
+    one = kmeans(x, 50, iterations=10, seed=2, chunk_size=128, mesh=one_device_mesh())
+    np.testing.assert_array_equal(four.assignment, one.assignment)
+    np.testing.assert_array_equal(four.splits, one.splits)
+    np.testing.assert_allclose(four.objective, one.objective, rtol=1e-5)
+
+
+def test_splits_keep_clusters_nonempty_on_one_and_four_devices():
+    # Exact duplicates make exactly equal centroids, whose ties the order of floating-point sums
+    # across devices may break differently; what must hold on any device count is no empty cluster.
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(20, 3)).astype(np.float32)[rng.integers(0, 20, 401)]
+    for mesh in (None, one_device_mesh()):
+        result = kmeans(x, 120, iterations=4, seed=0, chunk_size=16, mesh=mesh)
+        assert result.num_splits > 0
+        assert np.bincount(result.assignment, minlength=120).min() >= 1
+
+
+def test_sharded_jax_array_input():
+    x, _ = blobs(n=1024, d=8)
+    sharded = jax.device_put(x, jax.sharding.NamedSharding(
+        Mesh(np.asarray(jax.devices()), ("data",)), jax.sharding.PartitionSpec("data")))
+    a = kmeans(sharded, 16, iterations=5, seed=0)
+    b = kmeans(x, 16, iterations=5, seed=0)
+    np.testing.assert_array_equal(a.assignment, b.assignment)
+
+
+def test_assign_gives_nearest_centroid():
+    x, _ = blobs(n=500, d=6)
+    c = x[:7]
+    best, dist = clustering.assign(x, c, chunk_size=64)
+    d2 = ((x[:, None, :] - c[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(best, d2.argmin(1))
+    np.testing.assert_allclose(dist, d2.min(1), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("k,message", [(0, "k=0 must be a positive integer"),
+                                       (101, "k=101 is larger than the number of points N=100")])
+def test_bad_k(k, message):
+    with pytest.raises(ValueError, match=message):
+        kmeans(np.zeros((100, 4), np.float32), k)
+
+
+def test_non_finite_rows_are_counted():
+    x = np.ones((50, 3), np.float32)
+    x[3, 1] = np.nan
+    x[7, 0] = np.inf
+    with pytest.raises(ValueError, match="features has 2 of 50 rows with NaN or inf"):
+        kmeans(x, 5)
+    with pytest.raises(ValueError, match="2 of 50 rows"):
+        pca_whiten(x, 2)
+
+
+def test_dimension_mismatches():
+    x = np.ones((50, 3), np.float32)
+    with pytest.raises(ValueError, match="initial centroids have shape"):
+        kmeans(x, 5, initial_centroids=np.zeros((5, 4)))
+    with pytest.raises(ValueError, match="PCA dimension 9"):
+        pca_whiten(x, 9)
+    with pytest.raises(ValueError, match="2-D"):
+        kmeans(np.ones(10, np.float32), 2)
+
+
+def test_backends_and_auto_fallback(monkeypatch, caplog):
+    x, _ = blobs(n=500, d=8)
+    ref = run_kmeans(x, 5, backend="faiss", iterations=5)
+    assert ref.assignment.shape == (500,) and np.bincount(ref.assignment).min() > 0
+    with pytest.raises(ValueError, match="unknown k-means backend"):
+        run_kmeans(x, 5, backend="cuml")
+
+    def out_of_memory(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: out of memory allocating")
+
+    monkeypatch.setattr(clustering, "kmeans", out_of_memory)
+    with caplog.at_level("WARNING"):
+        result = run_kmeans(x, 5, backend="auto", iterations=5)
+    assert "falling back to faiss" in caplog.text
+    assert result.objective[-1] == pytest.approx(ref.objective[-1], rel=1e-4)
+    with pytest.raises(jax.errors.JaxRuntimeError):
+        run_kmeans(x, 5, backend="jax", iterations=5)
+
+
+# --------------------------------------------------------------------------- sampler
+
+
+def test_sampler_gives_every_nonempty_cluster_the_same_count():
+    rng = np.random.default_rng(0)
+    # Very unbalanced clusters, and cluster ids with gaps (empty clusters 3 and 7).
+    assignment = np.concatenate([np.full(n, c) for c, n in
+                                 [(0, 900), (1, 50), (2, 3), (4, 30), (5, 7), (6, 1), (8, 9)]])
+    n = len(assignment)
+    indices = uniform_label_sampler(assignment, n, rng)
+    assert len(indices) == n
+    counts = np.bincount(assignment[indices], minlength=9)
+    assert set(np.nonzero(counts)[0]) == {0, 1, 2, 4, 5, 6, 8}
+    nonzero = counts[counts > 0]
+    assert nonzero.max() - nonzero.min() <= 1
+    # Without replacement where the cluster is large enough: no index repeats in cluster 0.
+    in_zero = indices[assignment[indices] == 0]
+    assert len(np.unique(in_zero)) == len(in_zero)
+    assert not np.all(np.diff(indices) >= 0)  # shuffled
+
+
+def test_sampler_lengths_and_natural_sampler():
+    rng = np.random.default_rng(1)
+    assignment = rng.integers(0, 10, 1000)
+    for n in (1, 17, 1000, 2500):
+        assert len(uniform_label_sampler(assignment, n, rng)) == n
+    nat = natural_sampler(1000, 1000, rng)
+    assert sorted(nat) == list(range(1000))
+    with pytest.raises(ValueError):
+        uniform_label_sampler(np.array([]), 5, rng)
