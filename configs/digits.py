@@ -30,6 +30,7 @@ def get_config(arg: str | None = None):
     c.clustering.k = 50
     c.clustering.pca_dim = 64
     c.clustering.chunk_size = 2048
+    c.pixel_baseline = True  # print k-means-on-pixels NMI beside the final NMI
 
     if arg == "smoke":
         c.num_epochs = 1

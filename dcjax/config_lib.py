@@ -31,6 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 0  # 0: checkpoint at the end of each epoch only
     c.keep_checkpoints = 3
     c.log_every_steps = 100
+    c.pixel_baseline = False  # at the end, k-means NMI of raw pixels (same k) for comparison
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "imagenet2012"

@@ -28,13 +28,16 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)  # library INFO chatter hides the run's own output
     from dcjax.config_lib import ConfigError
     from dcjax.data.datasets import DataError
-    from dcjax.train import train_and_evaluate
+    from dcjax.train import Interrupted, train_and_evaluate
 
     try:
         train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        sys.exit(128 + e.signum)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,24 @@
 """DeepCluster training: `train_and_evaluate(config, workdir)`.
 
-This module will hold the epoch loop of DESIGN.md section 1 (extract -> PCA-whiten -> k-means ->
-sample -> reset head -> train). What exists so far is its set-up: validation, the device mesh, the
-data views and the model, checked end to end on one batch.
+Every epoch (DESIGN.md section 1): extract_features (eval mode, deterministic view) -> pca_whiten
+(PCA + whitening + L2) -> kmeans -> NMI against the previous assignment and the true labels ->
+uniform_label_sampler -> reset_head -> train_epoch on augmented views. Re-clustering happens every
+`config.reassign` epochs; the head is reset only then (cluster ids change meaning only then).
+
+Parallelism: one jitted step over a 1-D device mesh ('data'), batch sharded, state replicated.
+Features stay on the devices that computed them, in a device-major buffer (each device keeps its
+rows of every batch), and PCA and k-means run sharded on it; only int32 assignments reach the host.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,15 +26,34 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from dcjax import metrics
+from dcjax.checkpoint import Checkpointer, abstract_like
+from dcjax.clustering import pca_whiten, run_kmeans, sample_epoch
 from dcjax.config_lib import validate, validate_against_data
 from dcjax.data import pipeline
-from dcjax.data.datasets import open_split
+from dcjax.data.datasets import DatasetInfo, open_split
 from dcjax.models import create_model
+from dcjax.plots import write_epoch_plots
+from dcjax.step import TrainState, create_train_state, make_feature_fn, make_train_step, reset_head
+from dcjax.writers import MetricWriter
+
+AXIS = "data"
+
+
+class Interrupted(Exception):
+    """Raised after a checkpoint was saved on SIGTERM / SIGINT."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signum}; checkpoint saved, rerun to resume")
+        self.signum = signum
+
+
+# ======================================================================== set-up
 
 
 def make_mesh() -> Mesh:
     """A 1-D mesh over every device of every process, axis 'data'."""
-    return Mesh(np.asarray(jax.devices()), ("data",))
+    return Mesh(np.asarray(jax.devices()), (AXIS,))
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
@@ -40,54 +68,338 @@ def view_config(config: ml_collections.ConfigDict) -> pipeline.ViewConfig:
                                resize_size=config.data.resize_size)
 
 
-def init_variables(model, rng: jax.Array, image_size: int) -> dict:
-    dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    return model.init({"params": rng, "dropout": rng}, dummy, train=False)
+@dataclasses.dataclass
+class Run:
+    """What the loop needs, built once."""
+
+    config: ml_collections.ConfigDict
+    workdir: Path
+    mesh: Mesh
+    source: Any
+    info: DatasetInfo
+    model: Any
+    train_step: Any
+    feature_fn: Any
+    write_rows: Any
+
+    @property
+    def rows(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec(AXIS))
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec())
+
+    @property
+    def num_images(self) -> int:
+        return len(self.source)
+
+    def global_array(self, local: np.ndarray) -> jax.Array:
+        return jax.make_array_from_process_local_data(self.rows, local)
+
+    def loader_options(self) -> dict:
+        d = self.config.data
+        return dict(process_index=jax.process_index(), process_count=jax.process_count(),
+                    num_threads=d.num_threads, prefetch=d.prefetch, num_workers=d.num_workers)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Runs DeepCluster as `config` says, writing to `workdir`; returns a summary dict."""
+def _write_rows_fn(mesh: Mesh):
+    """(buffer [R, D], rows [B, D], b) -> buffer with each device's rows of batch b in its block b."""
+    spec = PartitionSpec(AXIS)
+
+    def local(buffer, rows, b):
+        return jax.lax.dynamic_update_slice(buffer, rows.astype(buffer.dtype),
+                                            (b * rows.shape[0], 0))
+
+    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, PartitionSpec()),
+                                 out_specs=spec), donate_argnums=0)
+
+
+def progress(iterable, **kwargs):
+    from tqdm import tqdm
+
+    return tqdm(iterable, disable=None if jax.process_index() == 0 else True, leave=False,
+                **kwargs)
+
+
+# ======================================================================== the method's steps
+
+
+def extract_features(run: Run, state: TrainState):
+    """Eval-mode fc7 features of every image, deterministic view.
+
+    Returns (features [R, D] float32 jax.Array, rows sharded device-major, R = batches x batch),
+    valid [R] bool (False on the padding of the last batch), image [R] int64 (the dataset index of
+    each row, -1 on padding) and true labels [N] int32 in dataset order.
+    """
+    B, ndev = run.config.batch_size, run.mesh.devices.size
+    nb = math.ceil(run.num_images / B)
+    image = layout_index(nb, B, ndev, run.num_images)
+    buffer = jax.jit(lambda: jnp.zeros((nb * B, run.config.model.fc_dim), jnp.float32),
+                     out_shardings=run.rows)()
+    labels_local, index_local = [], []
+    batches = pipeline.ordered_batches(run.source, view_config(run.config), B,
+                                       **run.loader_options())
+    for b, batch in enumerate(progress(batches, total=nb, desc="features")):
+        out = run.feature_fn(state.params, state.batch_stats, run.global_array(batch["image"]))
+        buffer = run.write_rows(buffer, out, b)
+        labels_local.append(batch["label"][batch["mask"]])
+        index_local.append(batch["index"][batch["mask"]])
+    index = _all_processes(np.concatenate(index_local))
+    labels = np.empty(run.num_images, np.int32)
+    labels[index] = _all_processes(np.concatenate(labels_local))
+    return buffer, image >= 0, image, labels
+
+
+def layout_index(num_batches: int, batch: int, ndev: int, n: int) -> np.ndarray:
+    """Dataset index of each row of the device-major feature buffer (-1 for padding): [nb * B].
+
+    Device j holds rows j*B/ndev ... of every global batch b, at block b of its shard.
+    """
+    per_dev = batch // ndev
+    rows = np.arange(num_batches * batch).reshape(num_batches, ndev, per_dev)
+    index = rows.transpose(1, 0, 2).reshape(-1)
+    return np.where(index < n, index, -1)
+
+
+def _all_processes(local: np.ndarray) -> np.ndarray:
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    return np.concatenate(multihost_utils.process_allgather(local, tiled=False).tolist())
+
+
+def cluster(run: Run, state: TrainState, epoch: int, previous: np.ndarray | None) -> tuple:
+    """extract -> PCA-whiten -> k-means; returns (assignment [N] int32, epoch record fields)."""
+    c = run.config
+    t0 = time.time()
+    features, valid, image, labels = extract_features(run, state)
+    jax.block_until_ready(features)
+    t1 = time.time()
+    reduced, _ = pca_whiten(features, c.clustering.pca_dim, chunk_size=c.clustering.chunk_size,
+                            mesh=run.mesh, valid=valid)
+    jax.block_until_ready(reduced)
+    del features
+    t2 = time.time()
+    result = run_kmeans(reduced, c.clustering.k, backend=c.clustering.backend,
+                        iterations=c.clustering.iterations, seed=c.seed + epoch,
+                        chunk_size=c.clustering.chunk_size, mesh=run.mesh, valid=valid,
+                        verbose=jax.process_index() == 0)
+    t3 = time.time()
+    assignment = np.empty(run.num_images, np.int32)
+    assignment[image[valid]] = result.assignment[valid]
+    record = {
+        "kmeans_objective": float(result.objective[-1]),
+        "kmeans_splits": result.num_splits,
+        "nmi_prev": metrics.nmi(previous, assignment) if previous is not None else None,
+        **label_metrics(labels, assignment, run.info),
+        **metrics.cluster_size_stats(assignment, c.clustering.k),
+        "time_extract": t1 - t0, "time_pca": t2 - t1, "time_kmeans": t3 - t2,
+    }
+    return assignment, record
+
+
+def label_metrics(labels: np.ndarray, assignment: np.ndarray, info: DatasetInfo) -> dict:
+    """Agreement with the true labels (never used for training); None without labels."""
+    if info.num_classes < 2 or labels.min() < 0:
+        return {"nmi_labels": None, "ari_labels": None, "acc_labels": None}
+    return {"nmi_labels": metrics.nmi(labels, assignment),
+            "ari_labels": metrics.ari(labels, assignment),
+            "acc_labels": metrics.clustering_accuracy(labels, assignment)}
+
+
+def train_epoch(run: Run, state: TrainState, epoch: int, indices: np.ndarray,
+                assignment: np.ndarray, partial: dict, start_step: int, stop: dict, save,
+                writer: MetricWriter) -> TrainState:
+    """One epoch of SGD on the pseudo-labels of `indices`, from batch `start_step`.
+
+    Checkpoints every `checkpoint_every_steps` global steps and, then raising Interrupted, when a
+    signal arrived. `partial` carries the epoch's running sums across a resume.
+    """
+    c = run.config
+    steps = len(indices) // c.batch_size
+    batches = pipeline.train_batches(run.source, indices, view_config(c), c.batch_size,
+                                     seed=_mix(c.seed, epoch), start_batch=start_step,
+                                     **run.loader_options())
+    key = jax.device_put(jax.random.key(c.seed), run.replicated)
+    loss_sum = jnp.asarray(partial.get("loss_sum", 0.0), jnp.float32)
+    acc_sum = jnp.asarray(partial.get("acc_sum", 0.0), jnp.float32)
+    global_step = int(state.step)
+    t0 = time.time()
+
+    def checkpoint(done: int) -> None:
+        nonlocal t0
+        partial.update(loss_sum=float(loss_sum), acc_sum=float(acc_sum),
+                       time_train=partial.get("time_train", 0.0) + time.time() - t0)
+        t0 = time.time()
+        save(state, epoch, done, False, partial)
+
+    for s, batch in enumerate(progress(batches, total=steps - start_step, desc=f"epoch {epoch}"),
+                              start=start_step):
+        images = run.global_array(batch["image"])
+        labels = run.global_array(assignment[batch["index"]].astype(np.int32))
+        state, m = run.train_step(state, images, labels, key)
+        loss_sum, acc_sum = loss_sum + m["loss"], acc_sum + m["accuracy"]
+        done, global_step = s + 1, global_step + 1
+        if done % c.log_every_steps == 0 or done == steps:
+            loss = float(m["loss"])
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss} at epoch {epoch}, batch {done}")
+            writer.write_scalars(global_step, {"train/loss": loss})
+        if stop["signal"]:
+            checkpoint(done)
+            raise Interrupted(stop["signal"])
+        if c.checkpoint_every_steps and global_step % c.checkpoint_every_steps == 0 and done < steps:
+            checkpoint(done)
+    partial.update(loss_sum=float(loss_sum), acc_sum=float(acc_sum), steps=steps,
+                   time_train=partial.get("time_train", 0.0) + time.time() - t0)
+    return state
+
+
+def _mix(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+# ======================================================================== the loop
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     validate(config, num_devices=jax.device_count())
     source, info = open_split(config.data.name, config.data.train_split,
                               config.data.data_dir or None)
     validate_against_data(config, info.split_sizes)
-    workdir_path = Path(workdir)
-    workdir_path.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=1))
-
     mesh = make_mesh()
-    batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     model = build_model(config, config.clustering.k)
-    variables = init_variables(model, jax.random.key(config.seed), config.data.image_size)
-    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
+    train_step = jax.jit(make_train_step(model, config), donate_argnums=0)
+    feature_fn = jax.jit(make_feature_fn(model, "fc7"))
+    return Run(config=config, workdir=Path(workdir), mesh=mesh, source=source, info=info,
+               model=model, train_step=train_step, feature_fn=feature_fn,
+               write_rows=_write_rows_fn(mesh))
 
-    view = view_config(config)
-    t0 = time.time()
-    batch = next(pipeline.ordered_batches(source, view, config.batch_size,
-                                          process_index=jax.process_index(),
-                                          process_count=jax.process_count(),
-                                          num_threads=config.data.num_threads))
-    images = jax.make_array_from_process_local_data(batch_sharding, batch["image"])
-    features = jax.jit(lambda v, x: model.apply(v, pipeline.normalize(x), output="fc7"))(
-        variables, images)
-    train_batch = next(pipeline.train_batches(source, np.arange(config.batch_size), view,
-                                              config.batch_size, seed=config.seed,
-                                              process_index=jax.process_index(),
-                                              process_count=jax.process_count(),
-                                              num_threads=config.data.num_threads))
-    summary = {
-        "dataset": info.name,
-        "train_images": info.split_sizes[config.data.train_split],
-        "classes": info.num_classes,
-        "model": config.model.name,
-        "params": num_params,
-        "devices": jax.device_count(),
-        "fc7_shape": list(features.shape),
-        "train_batch_shape": list(train_batch["image"].shape),
-        "seconds": round(time.time() - t0, 2),
-    }
-    print(json.dumps(summary))
-    print("Set-up checked (data, views, model, one sharded forward pass). The DeepCluster epoch "
-          "loop is not built yet: no training was run.")
-    return summary
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Runs DeepCluster as `config` says, writing to `workdir`; resumes from its checkpoints.
+
+    Returns the final epoch's record (plus the raw-pixel baseline when configured).
+    """
+    run = setup(config, workdir)
+    c, lead = config, jax.process_index() == 0
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    if lead:
+        (run.workdir / "config.json").write_text(c.to_json_best_effort(indent=1))
+    state = create_train_state(run.model, c, jax.random.key(c.seed))
+    state = jax.device_put(state, run.replicated)
+    ckpt = Checkpointer(run.workdir / "checkpoints", keep=c.keep_checkpoints)
+    writer = MetricWriter(run.workdir, enabled=lead)
+
+    history: list[dict] = []
+    assignment, indices, partial = None, None, {}
+    start_epoch, start_step = 0, 0
+    restored = ckpt.restore_latest(abstract_like(state))
+    if restored is not None:
+        _, state, arrays, meta = restored
+        history = meta["history"]
+        assignment = arrays["assignment"]
+        if meta["epoch_done"]:
+            start_epoch = meta["epoch"] + 1
+        else:
+            start_epoch, start_step = meta["epoch"], meta["step_in_epoch"]
+            indices, partial = arrays["indices"], meta["partial"]
+        print(f"resuming from epoch {start_epoch}, batch {start_step} ({ckpt.directory})")
+    writer.reset(history)
+
+    stop = {"signal": 0}
+
+    def on_signal(signum, frame):
+        stop["signal"] = signum
+
+    previous_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def save(state, epoch, step_in_epoch, epoch_done, partial_record):
+        meta = {"epoch": epoch, "step_in_epoch": step_in_epoch, "epoch_done": epoch_done,
+                "partial": partial_record,
+                "history": history, "config": json.loads(c.to_json_best_effort())}
+        arrays = {"assignment": assignment.astype(np.int32),
+                  # Orbax stores no empty array: a -1 placeholder between epochs.
+                  "indices": (np.full(1, -1) if indices is None else indices).astype(np.int32)}
+        ckpt.save(int(state.step), state, arrays, meta)
+
+    try:
+        for epoch in range(start_epoch, c.num_epochs):
+            if indices is None:  # a fresh epoch: (re-)cluster, sample, reset the head
+                partial = {"epoch": epoch}
+                if assignment is None or epoch % c.reassign == 0:
+                    previous = assignment
+                    assignment, record = cluster(run, state, epoch, previous)
+                    partial.update(record)
+                    state = jax.device_put(
+                        reset_head(state, c, jax.random.fold_in(jax.random.key(c.seed), epoch)),
+                        run.replicated)
+                rng = np.random.default_rng([c.seed, epoch])
+                indices = sample_epoch(c.clustering.sampler, assignment, run.num_images, rng)
+                start_step = 0
+            state = train_epoch(run, state, epoch, indices, assignment, partial, start_step,
+                                stop, save, writer)
+            record = epoch_record(partial, c.batch_size)
+            history.append(record)
+            indices = None
+            save(state, epoch, partial["steps"], True, {})
+            writer.write_epoch(record)
+            if lead:
+                write_epoch_plots(run.workdir, history, assignment, c.clustering.k)
+                print(format_record(record))
+    finally:
+        for s, handler in previous_handlers.items():
+            signal.signal(s, handler)
+        writer.close()
+        ckpt.close()
+
+    final = dict(history[-1]) if history else {}
+    if c.get("pixel_baseline", False) and lead and final.get("nmi_labels") is not None:
+        final["pixel_kmeans_nmi_labels"] = pixel_baseline(run)
+        print(f"final nmi_labels: DeepCluster features {final['nmi_labels']:.4f}, k-means on raw "
+              f"pixels (same k={c.clustering.k}) {final['pixel_kmeans_nmi_labels']:.4f}")
+    if lead:
+        (run.workdir / "summary.json").write_text(json.dumps(final, indent=1))
+    return final
+
+
+def epoch_record(partial: dict, batch_size: int) -> dict:
+    steps = max(partial.get("steps", 0), 1)
+    keys = ("kmeans_objective", "kmeans_splits", "nmi_prev", "nmi_labels", "ari_labels",
+            "acc_labels", "nonempty_clusters", "largest_cluster_frac", "size_entropy_normalized",
+            "time_extract", "time_pca", "time_kmeans")
+    record = {"epoch": partial["epoch"], "loss": partial["loss_sum"] / steps,
+              "accuracy": partial["acc_sum"] / steps}
+    record.update({k: partial.get(k) for k in keys})
+    record["time_train"] = partial.get("time_train", 0.0)
+    record["train_images_per_sec"] = steps * batch_size / max(record["time_train"], 1e-9)
+    return record
+
+
+def format_record(r: dict) -> str:
+    def f(key, fmt=".4f"):
+        v = r.get(key)
+        return "-" if v is None else format(v, fmt)
+
+    return (f"epoch {r['epoch']}: loss {f('loss')} nmi_labels {f('nmi_labels')} "
+            f"nmi_prev {f('nmi_prev')} nonempty {f('nonempty_clusters', 'd')} "
+            f"| extract {f('time_extract', '.1f')}s pca {f('time_pca', '.1f')}s "
+            f"kmeans {f('time_kmeans', '.1f')}s train {f('time_train', '.1f')}s")
+
+
+def pixel_baseline(run: Run) -> float:
+    """NMI with the true labels of k-means (same k, same iterations) on the raw pixels of the
+    deterministic view: what DeepCluster's features must beat."""
+    c = run.config
+    images, labels = [], []
+    for batch in pipeline.ordered_batches(run.source, view_config(c), c.batch_size,
+                                          **run.loader_options()):
+        images.append(batch["image"][batch["mask"]].reshape(int(batch["mask"].sum()), -1))
+        labels.append(batch["label"][batch["mask"]])
+    x = np.concatenate(images).astype(np.float32) / 255.0
+    result = run_kmeans(x, c.clustering.k, backend=c.clustering.backend,
+                        iterations=c.clustering.iterations, seed=c.seed,
+                        chunk_size=c.clustering.chunk_size, mesh=run.mesh)
+    return metrics.nmi(np.concatenate(labels), result.assignment)

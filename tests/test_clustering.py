@@ -6,9 +6,9 @@ import tarfile
 import jax
 import numpy as np
 import pytest
+from conftest import shared_file
 from jax.sharding import Mesh
 
-from conftest import shared_file
 from dcjax import clustering
 from dcjax.clustering import pca_whiten, run_kmeans, uniform_label_sampler
 from dcjax.clustering.kmeans import init_centroids, kmeans

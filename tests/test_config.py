@@ -4,8 +4,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
+
 from dcjax.config_lib import ConfigError, load_config_file, validate, validate_against_data
 from dcjax.train import train_and_evaluate
 

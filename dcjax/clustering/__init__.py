@@ -17,27 +17,35 @@ BACKENDS = ("jax", "faiss", "auto")
 
 
 def run_kmeans(features, k: int, *, backend: str = "jax", iterations: int = 20, seed: int = 0,
-               chunk_size: int = 8192, mesh: Mesh | None = None,
+               chunk_size: int = 8192, mesh: Mesh | None = None, valid: np.ndarray | None = None,
                verbose: bool = False) -> KMeansResult:
     """k-means with the chosen backend. 'auto' runs JAX and, only if JAX cannot run it (a device
-    runtime error such as running out of memory), falls back to faiss and logs why."""
+    runtime error such as running out of memory), falls back to faiss and logs why. `valid` [N]
+    bool restricts clustering to those rows (the others get assignment -1)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown k-means backend {backend!r}; use one of {BACKENDS}")
     if backend == "faiss":
-        return kmeans_faiss(_host(features), k, iterations=iterations, seed=seed, verbose=verbose)
+        return _faiss(features, k, iterations, seed, valid, verbose)
     try:
         return kmeans(features, k, iterations=iterations, seed=seed, chunk_size=chunk_size,
-                      mesh=mesh, verbose=verbose)
+                      mesh=mesh, valid=valid, verbose=verbose)
     except (jax.errors.JaxRuntimeError, MemoryError) as e:
         if backend == "jax" or not faiss_available():
             raise
         logging.warning("JAX k-means could not run (%s: %s); falling back to faiss",
                         type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-        return kmeans_faiss(_host(features), k, iterations=iterations, seed=seed, verbose=verbose)
+        return _faiss(features, k, iterations, seed, valid, verbose)
 
 
-def _host(features) -> np.ndarray:
-    return features if isinstance(features, np.ndarray) else to_host(features)
+def _faiss(features, k, iterations, seed, valid, verbose) -> KMeansResult:
+    x = features if isinstance(features, np.ndarray) else to_host(features)
+    if valid is None:
+        return kmeans_faiss(x, k, iterations=iterations, seed=seed, verbose=verbose)
+    result = kmeans_faiss(x[valid], k, iterations=iterations, seed=seed, verbose=verbose)
+    assignment = np.full(len(x), -1, np.int32)
+    assignment[valid] = result.assignment
+    result.assignment = assignment
+    return result
 
 
 __all__ = [

@@ -24,7 +24,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 
-from dcjax.clustering.sharding import AXIS, check_features, shard_rows
+from dcjax.clustering.sharding import AXIS, check_features, check_valid, shard_rows
 
 HIGHEST = lax.Precision.HIGHEST
 SPLIT_EPS = 1.0 / 1024.0
@@ -145,33 +145,37 @@ def check_k(k: int, n: int) -> None:
         raise ValueError(f"k={k} is larger than the number of points N={n}")
 
 
-def init_centroids(features, k: int, seed: int) -> jax.Array:
-    """k distinct random rows of `features` (seeded): [k, D]."""
-    idx = np.sort(np.random.default_rng(seed).choice(features.shape[0], size=k, replace=False))
+def init_centroids(features, k: int, seed: int, valid: np.ndarray | None = None) -> jax.Array:
+    """k distinct random rows of `features` (seeded; among the `valid` rows if given): [k, D]."""
+    candidates = np.arange(features.shape[0]) if valid is None else np.flatnonzero(valid)
+    idx = np.sort(np.random.default_rng(seed).choice(candidates, size=k, replace=False))
     if isinstance(features, np.ndarray):
         return jnp.asarray(features[idx], jnp.float32)
     return jnp.take(features, jnp.asarray(idx), axis=0).astype(jnp.float32)
 
 
 def kmeans(features, k: int, *, iterations: int = 20, seed: int = 0, chunk_size: int = 8192,
-           initial_centroids=None, mesh: Mesh | None = None, verbose: bool = False) -> KMeansResult:
+           initial_centroids=None, mesh: Mesh | None = None, valid: np.ndarray | None = None,
+           verbose: bool = False) -> KMeansResult:
     """Clusters `features` [N, D] (numpy, or a jax.Array sharded by rows) into k clusters.
 
     Returns the centroids [k, D], the assignment [N] int32 (every cluster non-empty when N >= k),
-    the objective of each iteration and the number of empty-cluster splits in each.
+    the objective of each iteration and the number of empty-cluster splits in each. With `valid`
+    [N] bool only those rows are clustered; the others get assignment -1.
     """
-    n, d = check_features(features, "features")
+    rows, d = check_features(features, "features")
+    n = check_valid(valid, rows)
     check_k(k, n)
     if not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations={iterations!r} must be a positive integer")
     if initial_centroids is None:
-        centroids = init_centroids(features, k, seed)
+        centroids = init_centroids(features, k, seed, valid)
     else:
         if tuple(initial_centroids.shape) != (k, d):
             raise ValueError(f"initial centroids have shape {tuple(initial_centroids.shape)}, "
                              f"expected ({k}, {d})")
         centroids = jnp.asarray(initial_centroids, jnp.float32)
-    x, mask, mesh, chunk = shard_rows(features, chunk_size, mesh)
+    x, mask, mesh, chunk = shard_rows(features, chunk_size, mesh, valid)
     key = jax.random.key(seed)
     objective, splits = [], []
     from tqdm import tqdm
@@ -181,8 +185,10 @@ def kmeans(features, k: int, *, iterations: int = 20, seed: int = 0, chunk_size:
             x, mask, centroids, jax.random.fold_in(key, it), mesh=mesh, chunk=chunk)
         objective.append(obj)
         splits.append(nsplit)
+    assignment = to_host(assign)[:rows].astype(np.int32)
+    assignment[assignment == k] = -1  # rows left out by `valid`
     return KMeansResult(centroids=np.asarray(centroids),
-                        assignment=to_host(assign)[:n].astype(np.int32),
+                        assignment=assignment,
                         objective=np.asarray(jax.device_get(objective), np.float64),
                         splits=np.asarray(jax.device_get(splits), np.int64))
 

@@ -19,7 +19,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 
-from dcjax.clustering.sharding import AXIS, check_features, shard_rows
+from dcjax.clustering.sharding import AXIS, check_features, check_valid, shard_rows
 
 HIGHEST = lax.Precision.HIGHEST
 
@@ -53,8 +53,8 @@ def _chunked_cov(x, mask, mean, chunk: int):
 def _fit(x, mask, *, mesh: Mesh, chunk: int, n: int):
     spec = PartitionSpec(AXIS)
 
-    def sums(x, mask):
-        return lax.psum(jnp.sum(jnp.where(mask[:, None], x, 0.0), axis=0), AXIS)
+    def sums(x, mask):  # a mat-vec, so no masked copy of the features is made
+        return lax.psum(jnp.dot(mask.astype(x.dtype), x, precision=HIGHEST), AXIS)
 
     mean = jax.shard_map(sums, mesh=mesh, in_specs=(spec, spec), out_specs=PartitionSpec())(
         x, mask) / n
@@ -67,12 +67,17 @@ def _fit(x, mask, *, mesh: Mesh, chunk: int, n: int):
     return mean, c
 
 
-def fit_pca(features, dim: int, *, chunk_size: int = 8192, mesh: Mesh | None = None) -> PCA:
-    """Fits PCA on `features` [N, D] (numpy, or a jax.Array sharded by rows); keeps `dim` components."""
-    n, d = check_features(features, "features")
+def fit_pca(features, dim: int, *, chunk_size: int = 8192, mesh: Mesh | None = None,
+            valid: np.ndarray | None = None) -> PCA:
+    """Fits PCA on `features` [N, D] (numpy, or a jax.Array sharded by rows); keeps `dim` components.
+
+    `valid` [N] bool: fit on those rows only (padding rows of a feature buffer are left out).
+    """
+    rows, d = check_features(features, "features")
+    n = check_valid(valid, rows)
     if not 1 <= dim <= d:
         raise ValueError(f"PCA dimension {dim} must be between 1 and the feature dimension {d}")
-    x, mask, mesh, chunk = shard_rows(features, chunk_size, mesh)
+    x, mask, mesh, chunk = shard_rows(features, chunk_size, mesh, valid)
     mean, cov = _fit(x, mask, mesh=mesh, chunk=chunk, n=n)
     eigenvalues, vectors = jnp.linalg.eigh(cov)
     order = jnp.argsort(eigenvalues)[::-1][:dim]
@@ -83,8 +88,7 @@ def fit_pca(features, dim: int, *, chunk_size: int = 8192, mesh: Mesh | None = N
     return PCA(mean=mean, components=vectors, eigenvalues=eigenvalues[order])
 
 
-@functools.partial(jax.jit, static_argnames=("whiten", "l2_normalize"))
-def _apply(x, mean, components, eigenvalues, whiten: bool, l2_normalize: bool):
+def _project(x, mean, components, eigenvalues, whiten: bool, l2_normalize: bool):
     y = jnp.dot(x - mean, components, precision=HIGHEST)
     if whiten:
         y = y * lax.rsqrt(jnp.maximum(eigenvalues, 1e-12))
@@ -93,21 +97,37 @@ def _apply(x, mean, components, eigenvalues, whiten: bool, l2_normalize: bool):
     return y
 
 
-def apply_pca(pca: PCA, features, *, whiten: bool = True, l2_normalize: bool = True) -> jax.Array:
-    """[N, D] -> [N, dim]; rows stay sharded as they came."""
+@functools.partial(jax.jit, static_argnames=("mesh", "chunk", "whiten", "l2_normalize"))
+def _apply_sharded(x, mean, components, eigenvalues, *, mesh: Mesh, chunk: int, whiten: bool,
+                   l2_normalize: bool):
+    """Row-sharded [N, D] -> [N, dim], `chunk` rows at a time per device (no centred copy)."""
+    rows, rep = PartitionSpec(AXIS), PartitionSpec()
+
+    def local(x, mean, components, eigenvalues):
+        n, d = x.shape
+        y = lax.map(lambda xc: _project(xc, mean, components, eigenvalues, whiten, l2_normalize),
+                    x.reshape(n // chunk, chunk, d))
+        return y.reshape(n, -1)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(rows, rep, rep, rep), out_specs=rows)(
+        x, mean, components, eigenvalues)
+
+
+def apply_pca(pca: PCA, features, *, whiten: bool = True, l2_normalize: bool = True,
+              chunk_size: int = 8192, mesh: Mesh | None = None) -> jax.Array:
+    """[N, D] -> [N, dim], computed sharded by rows, `chunk_size` rows at a time per device."""
     d = pca.mean.shape[0]
     if features.ndim != 2 or features.shape[1] != d:
         raise ValueError(f"features have shape {tuple(features.shape)}, PCA was fit on dimension {d}")
-    return _apply(features, pca.mean, pca.components, pca.eigenvalues, whiten, l2_normalize)
+    n = features.shape[0]
+    x, _, mesh, chunk = shard_rows(features, chunk_size, mesh)
+    y = _apply_sharded(x, pca.mean, pca.components, pca.eigenvalues, mesh=mesh, chunk=chunk,
+                       whiten=whiten, l2_normalize=l2_normalize)
+    return y if y.shape[0] == n else y[:n]
 
 
-def pca_whiten(features, dim: int, *, chunk_size: int = 8192,
-               mesh: Mesh | None = None) -> tuple[jax.Array, PCA]:
-    """DeepCluster's reduction: PCA to `dim` with whitening, then L2-normalised rows."""
-    pca = fit_pca(features, dim, chunk_size=chunk_size, mesh=mesh)
-    x = features
-    if isinstance(features, np.ndarray):
-        x, _, _, _ = shard_rows(features, chunk_size, mesh)
-        return apply_pca(pca, x)[: features.shape[0]], pca
-    return apply_pca(pca, x), pca
-
+def pca_whiten(features, dim: int, *, chunk_size: int = 8192, mesh: Mesh | None = None,
+               valid: np.ndarray | None = None) -> tuple[jax.Array, PCA]:
+    """DeepCluster's reduction: PCA to `dim` with whitening, then L2-normalised rows: [N, dim]."""
+    pca = fit_pca(features, dim, chunk_size=chunk_size, mesh=mesh, valid=valid)
+    return apply_pca(pca, features, chunk_size=chunk_size, mesh=mesh), pca

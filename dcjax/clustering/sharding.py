@@ -17,6 +17,16 @@ def default_mesh() -> Mesh:
     return Mesh(np.asarray(jax.devices()), (AXIS,))
 
 
+def check_valid(valid: np.ndarray | None, n: int) -> int:
+    """Number of rows that count; `valid` [N] bool marks them (None: all)."""
+    if valid is None:
+        return n
+    valid = np.asarray(valid)
+    if valid.shape != (n,) or valid.dtype != bool:
+        raise ValueError(f"valid must be a bool array of shape ({n},), got {valid.dtype} {valid.shape}")
+    return int(valid.sum())
+
+
 def check_features(x, name: str = "features") -> tuple[int, int]:
     """Raises ValueError unless `x` is a non-empty [N, D] array of finite floats; returns (N, D)."""
     if getattr(x, "ndim", None) != 2:
@@ -46,11 +56,12 @@ def row_chunk(n: int, ndev: int, chunk_size: int) -> int:
     return chunk_size
 
 
-def shard_rows(x, chunk_size: int, mesh: Mesh | None = None):
+def shard_rows(x, chunk_size: int, mesh: Mesh | None = None, valid: np.ndarray | None = None):
     """Pads `x` [N, D] to a multiple of devices x chunk rows and shards it on the mesh's axis.
 
-    Returns (x [N_pad, D] float32, mask [N_pad] bool (True on real rows), mesh, chunk), where chunk
-    (<= chunk_size) is the number of rows each device processes at once.
+    Returns (x [N_pad, D] float32, mask [N_pad] bool, mesh, chunk): mask is True on the rows that
+    count (`valid` [N] when given, else every row of `x`) and False on padding; chunk (<=
+    chunk_size) is the number of rows each device processes at once.
     """
     mesh = mesh or default_mesh()
     ndev = mesh.devices.size
@@ -58,7 +69,8 @@ def shard_rows(x, chunk_size: int, mesh: Mesh | None = None):
     chunk = row_chunk(n, ndev, chunk_size)
     n_pad = math.ceil(n / (ndev * chunk)) * ndev * chunk
     sharding = NamedSharding(mesh, PartitionSpec(AXIS))
-    mask = np.arange(n_pad) < n
+    mask = np.zeros(n_pad, bool)
+    mask[:n] = True if valid is None else np.asarray(valid, bool)
     if isinstance(x, np.ndarray):
         x = x.astype(np.float32, copy=False)
         if n_pad != n:
