@@ -35,7 +35,9 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, arrays: dict[str, np.ndarray], meta: dict) -> None:
         if step in self._manager.all_steps():
-            return  # the same position was saved already (e.g. an interrupt right after a save)
+            # The same position again (an interrupt right after a save, or a rerun past an
+            # unreadable checkpoint): replace it.
+            self._manager.delete(step)
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             arrays=ocp.args.StandardSave({k: np.asarray(v) for k, v in arrays.items()}),

@@ -180,7 +180,8 @@ def kmeans(features, k: int, *, iterations: int = 20, seed: int = 0, chunk_size:
     objective, splits = [], []
     from tqdm import tqdm
 
-    for it in tqdm(range(iterations), desc="k-means", disable=not verbose, leave=False):
+    for it in tqdm(range(iterations), desc="k-means", disable=None if verbose else True,
+                   leave=False):
         centroids, assign, obj, nsplit = _lloyd_iteration(
             x, mask, centroids, jax.random.fold_in(key, it), mesh=mesh, chunk=chunk)
         objective.append(obj)

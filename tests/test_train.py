@@ -1,0 +1,196 @@
+"""The DeepCluster loop end to end: epochs, head reset, multi-device step, checkpoints and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from conftest import ROOT
+from dcjax.config_lib import load_config_file
+from dcjax.models import create_model
+from dcjax.step import HEAD, create_train_state, make_train_step, reset_head
+from dcjax.train import layout_index, train_and_evaluate
+
+REQUIRED = ("epoch", "loss", "kmeans_objective", "nmi_prev", "nmi_labels", "ari_labels",
+            "nonempty_clusters", "largest_cluster_frac", "time_extract", "time_pca", "time_kmeans",
+            "time_train")
+
+
+def tiny(**overrides):
+    c = load_config_file(str(ROOT / "configs" / "digits.py"), "smoke")
+    c.num_epochs = 2
+    c.log_every_steps = 5
+    for key, value in overrides.items():
+        section, _, field = key.rpartition(".")
+        (c[section] if section else c)[field] = value
+    return c
+
+
+def read_metrics(workdir) -> list[dict]:
+    return [json.loads(line) for line in Path(workdir, "metrics.jsonl").read_text().splitlines()]
+
+
+def without_times(records):
+    return [{k: v for k, v in r.items() if not k.startswith("time_") and "per_sec" not in k}
+            for r in records]
+
+
+def test_two_epochs_end_to_end(tmp_path):
+    final = train_and_evaluate(tiny(), str(tmp_path))
+    records = read_metrics(tmp_path)
+    assert [r["epoch"] for r in records] == [0, 1]
+    for r in records:
+        assert all(key in r for key in REQUIRED)
+        assert r["nonempty_clusters"] == 10  # k = 10 and no cluster left empty
+        assert 0.0 <= r["nmi_labels"] <= 1.0 and np.isfinite(r["loss"])
+    assert records[0]["nmi_prev"] is None and 0.0 <= records[1]["nmi_prev"] <= 1.0
+    assert final["epoch"] == 1 and "pixel_kmeans_nmi_labels" in final
+    for name in ("nmi.png", "cluster_sizes.png", "phase_times.png"):
+        assert (tmp_path / "plots" / name).stat().st_size > 1000
+    assert (tmp_path / "config.json").exists() and (tmp_path / "summary.json").exists()
+    assert any((tmp_path / "tensorboard").iterdir())
+    # Running again on the finished workdir resumes at the end and trains nothing more.
+    again = train_and_evaluate(tiny(), str(tmp_path))
+    assert again["loss"] == final["loss"] and len(read_metrics(tmp_path)) == 2
+
+
+def test_device_major_layout_index():
+    # 2 batches of 4 on 2 devices, 7 images: device 0 holds rows 0,1 of each batch.
+    np.testing.assert_array_equal(layout_index(2, 4, 2, 7), [0, 1, 4, 5, 2, 3, 6, -1])
+
+
+def test_head_reset_keeps_body_and_its_momentum():
+    c = tiny()
+    model = create_model("alexnet_small", 10, image_size=32, widths=(8, 8, 8, 8, 8), fc_dim=16)
+    state = create_train_state(model, c, jax.random.key(0))
+    step = jax.jit(make_train_step(model, c))
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), np.uint8))
+    state, _ = step(state, images, jnp.arange(8) % 10, jax.random.key(1))
+    new = reset_head(state, c, jax.random.key(5))
+    kernel = np.asarray(new.params[HEAD]["kernel"])
+    assert not np.allclose(kernel, state.params[HEAD]["kernel"])
+    assert kernel.std() == pytest.approx(0.01, rel=0.2) and np.all(new.params[HEAD]["bias"] == 0)
+    jax.tree.map(np.testing.assert_array_equal, new.body_opt_state, state.body_opt_state)
+    np.testing.assert_array_equal(new.params["fc7"]["kernel"], state.params["fc7"]["kernel"])
+    # The body's optimizer carries momentum; the head's is SGD without momentum (empty state).
+    assert any(np.abs(x).sum() > 0 for x in jax.tree.leaves(new.body_opt_state))
+    assert all(np.size(x) == 0 for x in jax.tree.leaves(new.head_opt_state))
+
+
+def test_four_devices_give_the_same_step_as_one():
+    assert jax.device_count() == 4
+    c = tiny()
+    model = create_model("alexnet_small", 10, image_size=32, widths=(8, 8, 8, 8, 8), fc_dim=16)
+    step = make_train_step(model, c)
+    rng = np.random.default_rng(0)
+    batches = [(rng.integers(0, 255, (16, 32, 32, 3), np.uint8), rng.integers(0, 10, 16))
+               for _ in range(3)]
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        mesh = Mesh(np.asarray(devices), ("data",))
+        rows, rep = NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
+        state = jax.device_put(create_train_state(model, c, jax.random.key(0)), rep)
+        losses = []
+        for images, labels in batches:
+            state, m = jax.jit(step)(state, jax.device_put(images, rows),
+                                     jax.device_put(labels.astype(np.int32), rows),
+                                     jax.device_put(jax.random.key(3), rep))
+            losses.append(float(m["loss"]))
+        results.append((losses, state))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 results[0][1].params, results[1][1].params)
+
+
+def final_params(workdir):
+    manager = ocp.CheckpointManager(Path(workdir, "checkpoints").absolute(),
+                                    item_names=("state", "arrays", "meta"))
+    step = manager.latest_step()
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    manager.close()
+    return step, restored["state"]["params"]
+
+
+def run_cli(workdir, *extra, env_extra=None, wait=True):
+    cmd = [sys.executable, "-m", "dcjax.main", "--config=configs/digits.py:smoke",
+           f"--workdir={workdir}", "--config.num_epochs=2", "--config.checkpoint_every_steps=7",
+           *extra]
+    env = dict(os.environ, **(env_extra or {}))
+    if wait:
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+
+def wait_for_checkpoint(workdir, proc, timeout=240):
+    ckpt = Path(workdir, "checkpoints")
+    start = time.time()
+    while time.time() - start < timeout:
+        if ckpt.exists() and any(p.name.isdigit() for p in ckpt.iterdir()):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before its first checkpoint: {proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_parameters_and_metrics(tmp_path):
+    clean = run_cli(tmp_path / "clean")
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    proc = run_cli(tmp_path / "killed", wait=False)
+    wait_for_checkpoint(tmp_path / "killed", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    steps_at_kill = sorted(int(p.name) for p in (tmp_path / "killed" / "checkpoints").iterdir()
+                           if p.name.isdigit())
+    assert steps_at_kill and steps_at_kill[-1] < 88  # killed before the end (2 x 44 batches)
+    resumed = run_cli(tmp_path / "killed")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from epoch" in resumed.stdout
+    step_a, params_a = final_params(tmp_path / "clean")
+    step_b, params_b = final_params(tmp_path / "killed")
+    assert step_a == step_b == 88
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6), params_a,
+                 params_b)
+    assert without_times(read_metrics(tmp_path / "clean")) == without_times(
+        read_metrics(tmp_path / "killed"))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
+    proc = run_cli(tmp_path, wait=False)
+    wait_for_checkpoint(tmp_path, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "checkpoint saved" in proc.stderr.read()
+    finished = run_cli(tmp_path)
+    assert finished.returncode == 0 and "resuming from epoch" in finished.stdout
+    assert len(read_metrics(tmp_path)) == 2
+
+
+@pytest.mark.slow
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path):
+    first = run_cli(tmp_path, "--config.num_epochs=1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(steps) >= 2
+    latest = tmp_path / "checkpoints" / str(steps[-1])
+    for f in (latest / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    second = run_cli(tmp_path)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"checkpoint {steps[-1]} is unreadable" in second.stdout
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [0, 1]
