@@ -33,20 +33,16 @@ class PCA:
 
 def _chunked_cov(x, mask, mean, chunk: int):
     """sum over valid rows of (x - mean)^T (x - mean), `chunk` rows at a time: [D, D]."""
-    n, d = x.shape
-    xs = x.reshape(n // chunk, chunk, d)
-    ms = mask.reshape(n // chunk, chunk)
 
-    def gram(xc, mc):
+    def gram(i):
+        xc = lax.dynamic_slice_in_dim(x, i * chunk, chunk)
+        mc = lax.dynamic_slice_in_dim(mask, i * chunk, chunk)
         centred = jnp.where(mc[:, None], xc - mean, 0.0)
         return jnp.dot(centred.T, centred, precision=HIGHEST)
 
-    def body(acc, inputs):
-        return acc + gram(*inputs), None
-
-    # Starting from the first chunk's term keeps the carry device-varying inside shard_map.
-    cov, _ = lax.scan(body, gram(xs[0], ms[0]), (xs[1:], ms[1:]))
-    return cov
+    # Starting from the first chunk's term keeps the carry device-varying inside shard_map, and
+    # slicing in the loop (not `x[1:]`) copies no more than one chunk.
+    return lax.fori_loop(1, x.shape[0] // chunk, lambda i, acc: acc + gram(i), gram(0))
 
 
 @functools.partial(jax.jit, static_argnames=("mesh", "chunk", "n"))
