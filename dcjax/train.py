@@ -144,11 +144,12 @@ def extract_features(run: Run, state: TrainState):
     for b, batch in enumerate(progress(batches, total=nb, desc="features")):
         out = run.feature_fn(state.params, state.batch_stats, run.global_array(batch["image"]))
         buffer = run.write_rows(buffer, out, b)
-        labels_local.append(batch["label"][batch["mask"]])
-        index_local.append(batch["index"][batch["mask"]])
+        labels_local.append(batch["label"])
+        index_local.append(batch["index"])
+    # Every process has the same number of rows (padding included), so they gather evenly.
     index = _all_processes(np.concatenate(index_local))
     labels = np.empty(run.num_images, np.int32)
-    labels[index] = _all_processes(np.concatenate(labels_local))
+    labels[index[index >= 0]] = _all_processes(np.concatenate(labels_local))[index >= 0]
     return buffer, image >= 0, image, labels
 
 
@@ -164,11 +165,12 @@ def layout_index(num_batches: int, batch: int, ndev: int, n: int) -> np.ndarray:
 
 
 def _all_processes(local: np.ndarray) -> np.ndarray:
+    """Concatenation, in process order, of every process's equally long `local` array."""
     if jax.process_count() == 1:
         return local
     from jax.experimental import multihost_utils
 
-    return np.concatenate(multihost_utils.process_allgather(local, tiled=False).tolist())
+    return np.asarray(multihost_utils.process_allgather(local, tiled=True))
 
 
 def cluster(run: Run, state: TrainState, epoch: int, previous: np.ndarray | None) -> tuple:

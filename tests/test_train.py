@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import ROOT
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from conftest import ROOT
 from dcjax.config_lib import load_config_file
 from dcjax.models import create_model
 from dcjax.step import HEAD, create_train_state, make_train_step, reset_head

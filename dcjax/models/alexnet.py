@@ -105,30 +105,10 @@ class AlexNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False, output: str = "logits"):
-        if output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-        if self.sobel:
-            x = sobel_filter(x)
-        x = x.astype(self.dtype)
+        x = front_end(self, x, output)
         activations = []
         for i, spec in enumerate(self.convs, start=1):
-            x = nn.Conv(
-                spec.features,
-                (spec.kernel, spec.kernel),
-                strides=(spec.stride, spec.stride),
-                padding=((spec.padding, spec.padding), (spec.padding, spec.padding)),
-                kernel_init=conv_init,
-                dtype=self.dtype,
-                name=f"conv{i}",
-            )(x)
-            x = nn.BatchNorm(
-                use_running_average=not train,
-                momentum=BN_MOMENTUM,
-                epsilon=BN_EPSILON,
-                dtype=self.dtype,
-                name=f"bn{i}",
-            )(x)
-            x = nn.relu(x)
+            x = conv_bn_relu(self, x, spec.features, spec.kernel, spec.stride, spec.padding, train, i)
             activations.append(x)
             if spec.pool:
                 x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
@@ -136,6 +116,26 @@ class AlexNet(nn.Module):
             return activations
         x = x.reshape((x.shape[0], -1))
         return classifier_head(self, x, train, output, dropout_before_fc6=True)
+
+
+def front_end(module: nn.Module, x: jnp.ndarray, output: str) -> jnp.ndarray:
+    """Checks `output`, applies the frozen Sobel filter when configured, casts to compute dtype."""
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if module.sobel:
+        x = sobel_filter(x)
+    return x.astype(module.dtype)
+
+
+def conv_bn_relu(module: nn.Module, x: jnp.ndarray, features: int, kernel: int, stride: int,
+                 padding: int, train: bool, index: int) -> jnp.ndarray:
+    """Conv(bias) -> BatchNorm -> ReLU named conv{index} / bn{index}; call inside compact."""
+    x = nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                padding=((padding, padding), (padding, padding)), kernel_init=conv_init,
+                dtype=module.dtype, name=f"conv{index}")(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                     dtype=module.dtype, name=f"bn{index}")(x)
+    return nn.relu(x)
 
 
 def classifier_head(module: nn.Module, x: jnp.ndarray, train: bool, output: str,

@@ -13,8 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from dcjax.models.alexnet import BN_EPSILON, BN_MOMENTUM, OUTPUTS, classifier_head, conv_init
-from dcjax.models.sobel import sobel_filter
+from dcjax.models.alexnet import classifier_head, conv_bn_relu, front_end
 
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
                 512, 512, 512, "M")
@@ -31,11 +30,7 @@ class VGG16(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False, output: str = "logits"):
-        if output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-        if self.sobel:
-            x = sobel_filter(x)
-        x = x.astype(self.dtype)
+        x = front_end(self, x, output)
         activations = []
         i = 0
         for item in VGG16_LAYOUT:
@@ -43,11 +38,7 @@ class VGG16(nn.Module):
                 x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
                 continue
             i += 1
-            x = nn.Conv(item, (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_init,
-                        dtype=self.dtype, name=f"conv{i}")(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                             epsilon=BN_EPSILON, dtype=self.dtype, name=f"bn{i}")(x)
-            x = nn.relu(x)
+            x = conv_bn_relu(self, x, item, 3, 1, 1, train, i)
             activations.append(x)
         if output == "convs":
             return activations
