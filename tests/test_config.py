@@ -7,7 +7,6 @@ import pytest
 from conftest import ROOT
 
 from dcjax.config_lib import ConfigError, load_config_file, validate, validate_against_data
-from dcjax.train import train_and_evaluate
 
 
 def config(name, arg=None):
@@ -83,10 +82,3 @@ def test_cli_bad_config_is_one_line_exit_2(override, message, tmp_path):
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert lines[-1].startswith(message)
     assert "Traceback" not in result.stderr
-
-
-def test_setup_runs_end_to_end_on_digits(tmp_path):
-    summary = train_and_evaluate(digits("smoke"), str(tmp_path))
-    assert summary["train_images"] == 1438 and summary["devices"] == 4
-    assert summary["fc7_shape"] == [32, 64] and summary["train_batch_shape"] == [32, 32, 32, 3]
-    assert (tmp_path / "config.json").exists()

@@ -65,6 +65,17 @@ def test_two_epochs_end_to_end(tmp_path):
     assert again["loss"] == final["loss"] and len(read_metrics(tmp_path)) == 2
 
 
+def test_reassign_reclusters_every_n_epochs(tmp_path):
+    train_and_evaluate(tiny(reassign=2, num_epochs=3, pixel_baseline=False), str(tmp_path))
+    records = read_metrics(tmp_path)
+    clustered = [r["kmeans_objective"] is not None for r in records]
+    assert clustered == [True, False, True]
+    assert records[2]["nmi_prev"] is not None
+    from dcjax.report import table
+
+    assert table(records).count("\n") == 4 and "nmi_labels" in table(records)
+
+
 def test_device_major_layout_index():
     # 2 batches of 4 on 2 devices, 7 images: device 0 holds rows 0,1 of each batch.
     np.testing.assert_array_equal(layout_index(2, 4, 2, 7), [0, 1, 4, 5, 2, 3, 6, -1])

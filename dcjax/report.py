@@ -1,0 +1,47 @@
+r"""Print a run's per-epoch metrics as a Markdown table: `python -m dcjax.report --workdir=RUN`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "A run's workdir (holds metrics.jsonl).")
+
+COLUMNS = (("epoch", "d"), ("loss", ".3f"), ("nmi_labels", ".4f"), ("nmi_prev", ".4f"),
+           ("ari_labels", ".4f"), ("acc_labels", ".4f"), ("largest_cluster_frac", ".3f"),
+           ("time_extract", ".1f"), ("time_pca", ".1f"), ("time_kmeans", ".1f"),
+           ("time_train", ".1f"), ("train_images_per_sec", ".0f"))
+
+
+def table(records: list[dict]) -> str:
+    lines = ["| " + " | ".join(name for name, _ in COLUMNS) + " |",
+             "|" + "---|" * len(COLUMNS)]
+    for r in records:
+        cells = ["-" if r.get(name) is None else format(r[name], fmt) for name, fmt in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    path = Path(FLAGS.workdir) / "metrics.jsonl"
+    if not path.exists():
+        print(f"error: {path} does not exist", file=sys.stderr)
+        sys.exit(2)
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    print(table(records))
+    summary = Path(FLAGS.workdir) / "summary.json"
+    if summary.exists():
+        s = json.loads(summary.read_text())
+        extra = {k: v for k, v in s.items() if k.startswith(("final_", "pixel_"))}
+        if extra:
+            print("\n" + ", ".join(f"{k} = {v:.4f}" for k, v in extra.items()))
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("workdir")
+    app.run(main)
