@@ -5,8 +5,11 @@ Import once from the JPEG tarball shipped beside the project:
     python -m dcjax.data.prepare --source=../shared/data/cifar10-jpg.tar.gz --name=cifar10_jpg
     python -m dcjax.main --config=configs/cifar10.py --workdir=runs/cifar10
 
-`:cpu` is the same method narrowed to fit about an hour on a 2-core CPU (the run reported in
-docs/results.md); `:smoke` shrinks it for a quick check.
+`:cpu` is the same method narrowed for a 2-core CPU: about 110 s an epoch there (22 min 21 s for its
+12 epochs, measured; docs/results.md). The full config's network trains at about 168 img/s on that
+CPU (`python -m dcjax.bench.models`, alexnet_small 32 px, batch 128), i.e. roughly 5 min of training
+per epoch plus extraction, some 3 hours for its 30 epochs (estimated, not run). `:smoke` shrinks it
+for a quick check.
 """
 
 from dcjax.config_lib import base_config
