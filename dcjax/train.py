@@ -29,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from dcjax import metrics
 from dcjax.checkpoint import Checkpointer, abstract_like
 from dcjax.clustering import pca_whiten, run_kmeans, sample_epoch
+from dcjax.clustering.sharding import AXIS, default_mesh
 from dcjax.config_lib import validate, validate_against_data
 from dcjax.data import pipeline
 from dcjax.data.datasets import DatasetInfo, open_split
@@ -36,8 +37,6 @@ from dcjax.models import create_model
 from dcjax.plots import write_epoch_plots
 from dcjax.step import TrainState, create_train_state, make_feature_fn, make_train_step, reset_head
 from dcjax.writers import MetricWriter
-
-AXIS = "data"
 
 
 class Interrupted(Exception):
@@ -49,11 +48,6 @@ class Interrupted(Exception):
 
 
 # ======================================================================== set-up
-
-
-def make_mesh() -> Mesh:
-    """A 1-D mesh over every device of every process, axis 'data'."""
-    return Mesh(np.asarray(jax.devices()), (AXIS,))
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
@@ -272,7 +266,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     source, info = open_split(config.data.name, config.data.train_split,
                               config.data.data_dir or None)
     validate_against_data(config, info.split_sizes)
-    mesh = make_mesh()
+    mesh = default_mesh()
     model = build_model(config, config.clustering.k)
     train_step = jax.jit(make_train_step(model, config), donate_argnums=0)
     feature_fn = jax.jit(make_feature_fn(model, "fc7"))

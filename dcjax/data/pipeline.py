@@ -184,8 +184,14 @@ def _iterate(ds, num_threads: int, prefetch: int, num_workers: int) -> Iterator[
     return iter(it)
 
 
-def _batched(rows: np.ndarray, per_host: int) -> np.ndarray:
-    return rows.reshape(-1, per_host)
+def _host_batches(indices: np.ndarray, global_batch: int, process_index: int,
+                  process_count: int) -> tuple[np.ndarray, np.ndarray]:
+    """This process's rows of every global batch of `indices`, and their global positions:
+    two [num_batches, global_batch / process_count] arrays."""
+    per_host = global_batch // process_count
+    rows = host_rows(indices, global_batch, process_index, process_count)
+    positions = host_rows(np.arange(len(indices)), global_batch, process_index, process_count)
+    return rows.reshape(-1, per_host), positions.reshape(-1, per_host)
 
 
 def ordered_batches(source: Any, view: ViewConfig, global_batch: int, *, process_index: int = 0,
@@ -197,11 +203,8 @@ def ordered_batches(source: Any, view: ViewConfig, global_batch: int, *, process
     n = len(source)
     padded = np.full(math.ceil(n / global_batch) * global_batch, -1, dtype=np.int64)
     padded[:n] = np.arange(n)
-    per_host = global_batch // process_count
-    rows = host_rows(padded, global_batch, process_index, process_count)
-    positions = host_rows(np.arange(len(padded)), global_batch, process_index, process_count)
-    batches = _BatchSource(source, _batched(rows, per_host), _batched(positions, per_host),
-                           lambda image, position: center_view(image, view))
+    rows, positions = _host_batches(padded, global_batch, process_index, process_count)
+    batches = _BatchSource(source, rows, positions, lambda image, position: center_view(image, view))
     return _iterate(grain.MapDataset.source(batches), num_threads, prefetch, num_workers)
 
 
@@ -221,15 +224,13 @@ def train_batches(source: Any, indices: np.ndarray, view: ViewConfig, global_bat
     import grain
 
     nb = num_train_batches(len(indices), global_batch)
-    per_host = global_batch // process_count
-    rows = host_rows(np.asarray(indices)[: nb * global_batch], global_batch, process_index,
-                     process_count)
-    positions = host_rows(np.arange(nb * global_batch), global_batch, process_index, process_count)
+    rows, positions = _host_batches(np.asarray(indices)[: nb * global_batch], global_batch,
+                                    process_index, process_count)
     seed32 = int(seed) & 0xFFFFFFFF
 
     def augment(image: np.ndarray, position: int) -> np.ndarray:
         return train_view(image, view, np.random.default_rng([seed32, position]))
 
-    batches = _BatchSource(source, _batched(rows, per_host), _batched(positions, per_host), augment)
+    batches = _BatchSource(source, rows, positions, augment)
     ds = grain.MapDataset.source(batches)[start_batch:]
     return _iterate(ds, num_threads, prefetch, num_workers)
