@@ -44,9 +44,14 @@ class Checkpointer:
             meta=ocp.args.JsonSave(meta)), force=True)
         self._manager.wait_until_finished()
 
-    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict, dict] | None:
-        """(step, state, arrays, meta) of the newest readable checkpoint, or None if there is none."""
+    def restore_latest(self, abstract_state: Any,
+                       step: int | None = None) -> tuple[int, Any, dict, dict] | None:
+        """(step, state, arrays, meta) of the newest readable checkpoint (of `step` only, when
+        given), or None if there is none."""
+        wanted = step
         for step in reversed(self.steps()):
+            if wanted is not None and step != wanted:
+                continue
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state),

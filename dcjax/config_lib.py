@@ -68,6 +68,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.weight_decay = 1e-5
     c.optim.head_lr = 0.05
     c.optim.head_weight_decay = 1e-5
+
+    # Evaluation (python -m dcjax.evaluate; DESIGN.md section 2, "Linear probe protocol").
+    c.eval_every_epochs = 0  # > 0: kNN top-1 on eval_split every this many epochs, in metrics.jsonl
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 256  # global
+    c.eval.linear_epochs = 10
+    c.eval.linear_lr = 0.01  # SGD momentum 0.9, cosine decay to 0 over the probe's epochs
+    c.eval.linear_momentum = 0.9
+    c.eval.linear_weight_decay = 1e-4
+    c.eval.linear_normalize = True  # standardise each pooled feature (BatchNorm without affine)
+    c.eval.crop_scale = (0.08, 1.0)  # the probe's training views; flip follows data.flip
+    c.eval.probe_dim = 9216  # pooled size per conv layer for geometries without the paper's table
+    c.eval.pixel_pca_dim = 64  # --features=pixels: raw pixels reduced to this many components
+    c.eval.knn_k = 20
+    c.eval.knn_weights = "distance"  # 'distance' (1 / cosine distance) or 'uniform'
     return c
 
 
@@ -125,6 +140,27 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     for key in ("weight_decay", "head_weight_decay"):
         _require(o[key] >= 0, f"config.optim.{key}={o[key]} must be non-negative")
     _require(0 <= o.momentum < 1, f"config.optim.momentum={o.momentum} must be in [0, 1)")
+    validate_eval(config, num_devices)
+
+
+def validate_eval(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+    e = config.eval
+    for path in ("eval.batch_size", "eval.linear_epochs", "eval.probe_dim", "eval.pixel_pca_dim",
+                 "eval.knn_k"):
+        _positive_int(config, path)
+    _positive_int(config, "eval_every_epochs", minimum=0)
+    _require(e.batch_size % num_devices == 0,
+             f"config.eval.batch_size={e.batch_size} is not divisible by the {num_devices} devices")
+    _require(e.linear_lr > 0, f"config.eval.linear_lr={e.linear_lr} must be positive")
+    _require(e.linear_weight_decay >= 0,
+             f"config.eval.linear_weight_decay={e.linear_weight_decay} must be non-negative")
+    _require(0 <= e.linear_momentum < 1,
+             f"config.eval.linear_momentum={e.linear_momentum} must be in [0, 1)")
+    lo_s, hi_s = tuple(e.crop_scale)
+    _require(0.0 < lo_s <= hi_s <= 1.0,
+             f"config.eval.crop_scale={tuple(e.crop_scale)} must satisfy 0 < min <= max <= 1")
+    _require(e.knn_weights in ("distance", "uniform"),
+             f"config.eval.knn_weights={e.knn_weights!r} must be 'distance' or 'uniform'")
 
 
 def validate_against_data(config: ml_collections.ConfigDict, split_sizes: dict[str, int]) -> None:

@@ -14,7 +14,7 @@ flags.DEFINE_string("workdir", None, "A run's workdir (holds metrics.jsonl).")
 COLUMNS = (("epoch", "d"), ("loss", ".3f"), ("nmi_labels", ".4f"), ("nmi_prev", ".4f"),
            ("ari_labels", ".4f"), ("acc_labels", ".4f"), ("largest_cluster_frac", ".3f"),
            ("time_extract", ".1f"), ("time_pca", ".1f"), ("time_kmeans", ".1f"),
-           ("time_train", ".1f"), ("train_images_per_sec", ".0f"))
+           ("time_train", ".1f"), ("train_images_per_sec", ".0f"), ("knn_top1", ".4f"))
 
 
 def table(records: list[dict]) -> str:

@@ -29,12 +29,20 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from dcjax import metrics
 from dcjax.checkpoint import Checkpointer, abstract_like
 from dcjax.clustering import pca_whiten, run_kmeans, sample_epoch
+from dcjax.clustering.kmeans import assign
 from dcjax.clustering.sharding import AXIS, default_mesh
-from dcjax.config_lib import validate, validate_against_data
+from dcjax.config_lib import ConfigError, validate, validate_against_data
 from dcjax.data import pipeline
 from dcjax.data.datasets import DatasetInfo, open_split
+from dcjax.evaluate.features import extract, progress, write_rows_fn
 from dcjax.models import create_model
-from dcjax.plots import write_epoch_plots
+from dcjax.plots import (
+    nearest_to_centroids,
+    pick_clusters,
+    plot_cluster_grid,
+    plot_filters,
+    write_epoch_plots,
+)
 from dcjax.step import TrainState, create_train_state, make_feature_fn, make_train_step, reset_head
 from dcjax.writers import MetricWriter
 
@@ -76,6 +84,7 @@ class Run:
     train_step: Any
     feature_fn: Any
     write_rows: Any
+    eval_source: Any = None  # the held-out split, when kNN runs during training
 
     @property
     def rows(self) -> NamedSharding:
@@ -89,6 +98,13 @@ class Run:
     def num_images(self) -> int:
         return len(self.source)
 
+    def reset_head(self, state: TrainState, epoch: int) -> TrainState:
+        """A new head for `epoch` (its key: fold_in(key(seed), epoch)), computed on the mesh."""
+        c = self.config
+        fn = jax.jit(lambda s, e: reset_head(s, c, jax.random.fold_in(jax.random.key(c.seed), e)),
+                     out_shardings=self.replicated, donate_argnums=0)
+        return fn(state, np.int32(epoch))
+
     def global_array(self, local: np.ndarray) -> jax.Array:
         return jax.make_array_from_process_local_data(self.rows, local)
 
@@ -96,25 +112,6 @@ class Run:
         d = self.config.data
         return dict(process_index=jax.process_index(), process_count=jax.process_count(),
                     num_threads=d.num_threads, prefetch=d.prefetch, num_workers=d.num_workers)
-
-
-def _write_rows_fn(mesh: Mesh):
-    """(buffer [R, D], rows [B, D], b) -> buffer with each device's rows of batch b in its block b."""
-    spec = PartitionSpec(AXIS)
-
-    def local(buffer, rows, b):
-        return jax.lax.dynamic_update_slice(buffer, rows.astype(buffer.dtype),
-                                            (b * rows.shape[0], 0))
-
-    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, PartitionSpec()),
-                                 out_specs=spec), donate_argnums=0)
-
-
-def progress(iterable, **kwargs):
-    from tqdm import tqdm
-
-    return tqdm(iterable, disable=None if jax.process_index() == 0 else True, leave=False,
-                **kwargs)
 
 
 # ======================================================================== the method's steps
@@ -127,44 +124,10 @@ def extract_features(run: Run, state: TrainState):
     valid [R] bool (False on the padding of the last batch), image [R] int64 (the dataset index of
     each row, -1 on padding) and true labels [N] int32 in dataset order.
     """
-    B, ndev = run.config.batch_size, run.mesh.devices.size
-    nb = math.ceil(run.num_images / B)
-    image = layout_index(nb, B, ndev, run.num_images)
-    buffer = jax.jit(lambda: jnp.zeros((nb * B, run.config.model.fc_dim), jnp.float32),
-                     out_shardings=run.rows)()
-    labels_local, index_local = [], []
-    batches = pipeline.ordered_batches(run.source, view_config(run.config), B,
-                                       **run.loader_options())
-    for b, batch in enumerate(progress(batches, total=nb, desc="features")):
-        out = run.feature_fn(state.params, state.batch_stats, run.global_array(batch["image"]))
-        buffer = run.write_rows(buffer, out, b)
-        labels_local.append(batch["label"])
-        index_local.append(batch["index"])
-    # Every process has the same number of rows (padding included), so they gather evenly.
-    index = _all_processes(np.concatenate(index_local))
-    labels = np.empty(run.num_images, np.int32)
-    labels[index[index >= 0]] = _all_processes(np.concatenate(labels_local))[index >= 0]
-    return buffer, image >= 0, image, labels
-
-
-def layout_index(num_batches: int, batch: int, ndev: int, n: int) -> np.ndarray:
-    """Dataset index of each row of the device-major feature buffer (-1 for padding): [nb * B].
-
-    Device j holds rows j*B/ndev ... of every global batch b, at block b of its shard.
-    """
-    per_dev = batch // ndev
-    rows = np.arange(num_batches * batch).reshape(num_batches, ndev, per_dev)
-    index = rows.transpose(1, 0, 2).reshape(-1)
-    return np.where(index < n, index, -1)
-
-
-def _all_processes(local: np.ndarray) -> np.ndarray:
-    """Concatenation, in process order, of every process's equally long `local` array."""
-    if jax.process_count() == 1:
-        return local
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(local, tiled=True))
+    f = extract(run.feature_fn, (state.params, state.batch_stats), run.source,
+                view_config(run.config), run.config.batch_size, run.config.model.fc_dim, run.mesh,
+                run.loader_options(), run.write_rows)
+    return f.rows, f.valid, f.image, f.labels
 
 
 def cluster(run: Run, state: TrainState, epoch: int, previous: np.ndarray | None) -> tuple:
@@ -186,6 +149,12 @@ def cluster(run: Run, state: TrainState, epoch: int, previous: np.ndarray | None
     t3 = time.time()
     assignment = np.empty(run.num_images, np.int32)
     assignment[image[valid]] = result.assignment[valid]
+    _, distance = assign(reduced, result.centroids, chunk_size=c.clustering.chunk_size,
+                         mesh=run.mesh)
+    if jax.process_index() == 0:
+        dist = np.empty(run.num_images, np.float32)
+        dist[image[valid]] = distance[valid]
+        write_cluster_grid(run, assignment, dist, epoch)
     record = {
         "kmeans_objective": float(result.objective[-1]),
         "kmeans_splits": result.num_splits,
@@ -195,6 +164,22 @@ def cluster(run: Run, state: TrainState, epoch: int, previous: np.ndarray | None
         "time_extract": t1 - t0, "time_pca": t2 - t1, "time_kmeans": t3 - t2,
     }
     return assignment, record
+
+
+def write_cluster_grid(run: Run, assignment: np.ndarray, distance: np.ndarray, epoch: int,
+                       clusters: int = 10, per_cluster: int = 8) -> None:
+    """plots/clusters.png: for random clusters, the images nearest their centroid (paper Fig. 4)."""
+    chosen = pick_clusters(assignment, clusters, run.config.seed + epoch)
+    view = view_config(run.config)
+    rows = [np.stack([pipeline.center_view(pipeline.decode_image(run.source[int(i)]["image"]), view)
+                      for i in members])
+            for members in nearest_to_centroids(assignment, distance, chosen, per_cluster)]
+    sizes = np.bincount(assignment, minlength=run.config.clustering.k)[chosen]
+    out = run.workdir / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    plot_cluster_grid(rows, chosen, sizes, out / "clusters.png",
+                      f"images nearest the centroid of {len(chosen)} random clusters (id, size), "
+                      f"clustering of epoch {epoch}")
 
 
 def label_metrics(labels: np.ndarray, assignment: np.ndarray, info: DatasetInfo) -> dict:
@@ -219,9 +204,8 @@ def train_epoch(run: Run, state: TrainState, epoch: int, indices: np.ndarray,
     batches = pipeline.train_batches(run.source, indices, view_config(c), c.batch_size,
                                      seed=_mix(c.seed, epoch), start_batch=start_step,
                                      **run.loader_options())
-    key = jax.device_put(jax.random.key(c.seed), run.replicated)
-    loss_sum = jnp.asarray(partial.get("loss_sum", 0.0), jnp.float32)
-    acc_sum = jnp.asarray(partial.get("acc_sum", 0.0), jnp.float32)
+    key = jax.jit(lambda: jax.random.key(c.seed), out_shardings=run.replicated)()
+    loss_sum, acc_sum = float(partial.get("loss_sum", 0.0)), float(partial.get("acc_sum", 0.0))
     global_step = int(state.step)
     t0 = time.time()
 
@@ -270,9 +254,23 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     model = build_model(config, config.clustering.k)
     train_step = jax.jit(make_train_step(model, config), donate_argnums=0)
     feature_fn = jax.jit(make_feature_fn(model, "fc7"))
+    eval_source = None
+    if config.eval_every_epochs:
+        if not config.data.eval_split or info.num_classes < 2:
+            raise ConfigError(f"config.eval_every_epochs={config.eval_every_epochs} needs a "
+                              f"labelled config.data.eval_split of {config.data.name!r}")
+        eval_source, _ = open_split(config.data.name, config.data.eval_split,
+                                    config.data.data_dir or None)
     return Run(config=config, workdir=Path(workdir), mesh=mesh, source=source, info=info,
                model=model, train_step=train_step, feature_fn=feature_fn,
-               write_rows=_write_rows_fn(mesh))
+               write_rows=write_rows_fn(mesh), eval_source=eval_source)
+
+
+def initial_state(run: Run) -> TrainState:
+    """The initial train state (key(config.seed)), created directly replicated on the mesh."""
+    c = run.config
+    return jax.jit(lambda: create_train_state(run.model, c, jax.random.key(c.seed)),
+                   out_shardings=run.replicated)()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -285,8 +283,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     run.workdir.mkdir(parents=True, exist_ok=True)
     if lead:
         (run.workdir / "config.json").write_text(c.to_json_best_effort(indent=1))
-    state = create_train_state(run.model, c, jax.random.key(c.seed))
-    state = jax.device_put(state, run.replicated)
+    state = initial_state(run)
     ckpt = Checkpointer(run.workdir / "checkpoints", keep=c.keep_checkpoints)
     writer = MetricWriter(run.workdir, enabled=lead)
 
@@ -330,21 +327,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     previous = assignment
                     assignment, record = cluster(run, state, epoch, previous)
                     partial.update(record)
-                    state = jax.device_put(
-                        reset_head(state, c, jax.random.fold_in(jax.random.key(c.seed), epoch)),
-                        run.replicated)
+                    state = run.reset_head(state, epoch)
                 rng = np.random.default_rng([c.seed, epoch])
                 indices = sample_epoch(c.clustering.sampler, assignment, run.num_images, rng)
                 start_step = 0
             state = train_epoch(run, state, epoch, indices, assignment, partial, start_step,
                                 stop, save, writer)
             record = epoch_record(partial, c.batch_size)
+            if c.eval_every_epochs and (epoch + 1) % c.eval_every_epochs == 0:
+                record.update(periodic_knn(run, state))
             history.append(record)
             indices = None
             save(state, epoch, partial["steps"], True, {})
             writer.write_epoch(record)
             if lead:
                 write_epoch_plots(run.workdir, history, assignment, c.clustering.k)
+                plot_filters(jax.device_get(state.params["conv1"]["kernel"]),
+                             run.workdir / "plots" / "conv1_filters.png",
+                             f"conv1 filters after epoch {epoch}")
                 print(format_record(record))
     finally:
         for s, handler in previous_handlers.items():
@@ -365,6 +365,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if lead:
         (run.workdir / "summary.json").write_text(json.dumps(final, indent=1))
     return final
+
+
+def periodic_knn(run: Run, state: TrainState) -> dict:
+    """kNN top-1 of the held-out split against the training split (fc7, and PCA-whitened fc7)."""
+    from dcjax.evaluate.protocols import fc7_features, knn_scores
+
+    t0 = time.time()
+    variables = (state.params, state.batch_stats)
+    bank = fc7_features(run.config, run.feature_fn, variables, run.source, run.mesh, "kNN bank")
+    test = fc7_features(run.config, run.feature_fn, variables, run.eval_source, run.mesh,
+                        "kNN queries")
+    scores = knn_scores(run.config, bank.rows, bank.row_labels, bank.valid, test.to_numpy(),
+                        test.labels, run.info.num_classes, run.mesh)
+    return {"knn_top1": scores["raw"], "knn_top1_pca_whitened": scores["pca_whitened"],
+            "time_knn": time.time() - t0}
 
 
 def epoch_record(partial: dict, batch_size: int) -> dict:
@@ -388,7 +403,8 @@ def format_record(r: dict) -> str:
     return (f"epoch {r['epoch']}: loss {f('loss')} nmi_labels {f('nmi_labels')} "
             f"nmi_prev {f('nmi_prev')} nonempty {f('nonempty_clusters', 'd')} "
             f"| extract {f('time_extract', '.1f')}s pca {f('time_pca', '.1f')}s "
-            f"kmeans {f('time_kmeans', '.1f')}s train {f('time_train', '.1f')}s")
+            f"kmeans {f('time_kmeans', '.1f')}s train {f('time_train', '.1f')}s"
+            + (f" | knn_top1 {f('knn_top1')}" if r.get("knn_top1") is not None else ""))
 
 
 def pixel_baseline(run: Run) -> float:
@@ -396,12 +412,14 @@ def pixel_baseline(run: Run) -> float:
     deterministic view: what DeepCluster's features must beat."""
     c = run.config
     images, labels = [], []
-    for batch in pipeline.ordered_batches(run.source, view_config(c), c.batch_size,
-                                          **run.loader_options()):
+    # Runs on process 0 alone (all rows, its own devices), so it is the same with any process count.
+    options = dict(run.loader_options(), process_index=0, process_count=1)
+    for batch in pipeline.ordered_batches(run.source, view_config(c), c.batch_size, **options):
         images.append(batch["image"][batch["mask"]].reshape(int(batch["mask"].sum()), -1))
         labels.append(batch["label"][batch["mask"]])
     x = np.concatenate(images).astype(np.float32) / 255.0
     result = run_kmeans(x, c.clustering.k, backend=c.clustering.backend,
                         iterations=c.clustering.iterations, seed=c.seed,
-                        chunk_size=c.clustering.chunk_size, mesh=run.mesh)
+                        chunk_size=c.clustering.chunk_size,
+                        mesh=Mesh(np.array(jax.local_devices()), (AXIS,)))
     return metrics.nmi(np.concatenate(labels), result.assignment)

@@ -17,9 +17,10 @@ from conftest import ROOT
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from dcjax.config_lib import load_config_file
+from dcjax.evaluate.features import layout_index
 from dcjax.models import create_model
 from dcjax.step import HEAD, create_train_state, make_train_step, reset_head
-from dcjax.train import layout_index, train_and_evaluate
+from dcjax.train import train_and_evaluate
 
 REQUIRED = ("epoch", "loss", "kmeans_objective", "nmi_prev", "nmi_labels", "ari_labels",
             "nonempty_clusters", "largest_cluster_frac", "time_extract", "time_pca", "time_kmeans",
@@ -56,7 +57,8 @@ def test_two_epochs_end_to_end(tmp_path):
     assert records[0]["nmi_prev"] is None and 0.0 <= records[1]["nmi_prev"] <= 1.0
     assert final["epoch"] == 1 and "pixel_kmeans_nmi_labels" in final
     assert 0.0 <= final["final_nmi_labels"] <= 1.0
-    for name in ("nmi.png", "cluster_sizes.png", "phase_times.png"):
+    for name in ("nmi.png", "cluster_sizes.png", "phase_times.png", "clusters.png",
+                 "conv1_filters.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 1000
     assert (tmp_path / "config.json").exists() and (tmp_path / "summary.json").exists()
     assert any((tmp_path / "tensorboard").iterdir())

@@ -150,8 +150,9 @@ def init_centroids(features, k: int, seed: int, valid: np.ndarray | None = None)
     candidates = np.arange(features.shape[0]) if valid is None else np.flatnonzero(valid)
     idx = np.sort(np.random.default_rng(seed).choice(candidates, size=k, replace=False))
     if isinstance(features, np.ndarray):
-        return jnp.asarray(features[idx], jnp.float32)
-    return jnp.take(features, jnp.asarray(idx), axis=0).astype(jnp.float32)
+        return features[idx].astype(np.float32)
+    # A host copy of k rows: valid input to the jitted iterations on any number of processes.
+    return to_host(jax.jit(lambda f: jnp.take(f, idx, axis=0).astype(jnp.float32))(features))
 
 
 def kmeans(features, k: int, *, iterations: int = 20, seed: int = 0, chunk_size: int = 8192,
@@ -174,7 +175,7 @@ def kmeans(features, k: int, *, iterations: int = 20, seed: int = 0, chunk_size:
         if tuple(initial_centroids.shape) != (k, d):
             raise ValueError(f"initial centroids have shape {tuple(initial_centroids.shape)}, "
                              f"expected ({k}, {d})")
-        centroids = jnp.asarray(initial_centroids, jnp.float32)
+        centroids = np.asarray(initial_centroids, np.float32)
     x, mask, mesh, chunk = shard_rows(features, chunk_size, mesh, valid)
     key = jax.random.key(seed)
     objective, splits = [], []
@@ -201,5 +202,5 @@ def assign(features, centroids, *, chunk_size: int = 8192,
     if centroids.ndim != 2 or centroids.shape[1] != d:
         raise ValueError(f"centroids have shape {tuple(centroids.shape)}, features dimension {d}")
     x, _, mesh, chunk = shard_rows(features, chunk_size, mesh)
-    best, dist = _assign_only(x, jnp.asarray(centroids, jnp.float32), mesh=mesh, chunk=chunk)
+    best, dist = _assign_only(x, np.asarray(centroids, np.float32), mesh=mesh, chunk=chunk)
     return to_host(best)[:n], to_host(dist)[:n]

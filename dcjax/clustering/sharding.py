@@ -56,6 +56,19 @@ def row_chunk(n: int, ndev: int, chunk_size: int) -> int:
     return chunk_size
 
 
+def put(x, sharding: NamedSharding):
+    """jax.device_put of host values (a pytree of arrays), also when `sharding` spans devices of
+    several processes: every process passes the same value and keeps its own shards."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(x, sharding)
+
+    def one(a):
+        a = np.asarray(a)
+        return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
+    return jax.tree.map(one, x)
+
+
 def shard_rows(x, chunk_size: int, mesh: Mesh | None = None, valid: np.ndarray | None = None):
     """Pads `x` [N, D] to a multiple of devices x chunk rows and shards it on the mesh's axis.
 
@@ -75,9 +88,9 @@ def shard_rows(x, chunk_size: int, mesh: Mesh | None = None, valid: np.ndarray |
         x = x.astype(np.float32, copy=False)
         if n_pad != n:
             x = np.pad(x, ((0, n_pad - n), (0, 0)))
-        return jax.device_put(x, sharding), jax.device_put(mask, sharding), mesh, chunk
+        return put(x, sharding), put(mask, sharding), mesh, chunk
     if n_pad == n and x.dtype == jnp.float32 and x.sharding.is_equivalent_to(sharding, 2):
-        return x, jax.device_put(mask, sharding), mesh, chunk
+        return x, put(mask, sharding), mesh, chunk
     pad = jax.jit(lambda a: jnp.pad(a.astype(jnp.float32), ((0, n_pad - n), (0, 0))),
                   out_shardings=sharding)
-    return pad(x), jax.device_put(mask, sharding), mesh, chunk
+    return pad(x), put(mask, sharding), mesh, chunk

@@ -1,0 +1,138 @@
+"""What every protocol needs: the run's config, the network (trained or at its initialisation), the
+splits and the device mesh."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from dcjax.checkpoint import Checkpointer, abstract_like
+from dcjax.clustering.sharding import AXIS, default_mesh
+from dcjax.config_lib import ConfigError, base_config, validate, validate_against_data
+from dcjax.data.datasets import DatasetInfo, open_split
+from dcjax.step import create_train_state
+
+INITS = ("trained", "random")
+
+
+def config_from_run(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The config a run wrote to `workdir/config.json`, on top of today's defaults (so keys added
+    since, such as the eval section, get their default values)."""
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist: --workdir must be a run's directory, or give "
+                          f"--config")
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e})") from e
+    config = base_config()
+    _merge(config, saved)
+    return config
+
+
+def _merge(config: ml_collections.ConfigDict, saved: dict) -> None:
+    for key, value in saved.items():
+        if isinstance(value, dict) and key in config and isinstance(config[key], ml_collections.ConfigDict):
+            _merge(config[key], value)
+        elif key in config and isinstance(config[key], tuple):
+            config[key] = tuple(value)
+        else:
+            with config.unlocked():
+                config[key] = value
+
+
+@dataclasses.dataclass
+class Network:
+    model: Any
+    params: Any
+    batch_stats: Any
+    step: int | None  # the checkpoint's step; None for the random initialisation
+
+    @property
+    def variables(self) -> tuple:
+        return self.params, self.batch_stats
+
+
+def load_network(config: ml_collections.ConfigDict, workdir: str | Path, init: str = "trained",
+                 step: int | None = None, mesh: Mesh | None = None) -> Network:
+    """The run's network: its latest (or `step`) checkpoint, or with init='random' the same
+    architecture at the run's own initialisation (config.seed), i.e. the paper's "random" row."""
+    from dcjax.train import build_model
+
+    if init not in INITS:
+        raise ConfigError(f"--init={init!r} must be one of {INITS}")
+    mesh = mesh or default_mesh()
+    model = build_model(config, config.clustering.k)
+    state = jax.jit(lambda: create_train_state(model, config, jax.random.key(config.seed)),
+                    out_shardings=NamedSharding(mesh, PartitionSpec()))()
+    if init == "random":
+        return Network(model, state.params, state.batch_stats, None)
+    directory = Path(workdir) / "checkpoints"
+    ckpt = Checkpointer(directory)
+    try:
+        steps = ckpt.steps()
+        if not steps:
+            raise ConfigError(f"no checkpoint in {directory}; train first, or use --init=random")
+        if step is not None and step not in steps:
+            raise ConfigError(f"--step={step} is not a checkpoint in {directory} (it has {steps})")
+        restored = ckpt.restore_latest(abstract_like(state), step=step)
+    finally:
+        ckpt.close()
+    if restored is None:
+        raise ConfigError(f"no readable checkpoint in {directory}")
+    found, state, _, _ = restored
+    return Network(model, state.params, state.batch_stats, found)
+
+
+@dataclasses.dataclass
+class Splits:
+    train: Any
+    test: Any
+    info: DatasetInfo
+
+
+def open_splits(config: ml_collections.ConfigDict) -> Splits:
+    d = config.data
+    validate(config, num_devices=jax.device_count())
+    if not d.eval_split:
+        raise ConfigError(f"config.data.eval_split is empty: evaluation needs a held-out split of "
+                          f"{d.name!r}")
+    train, info = open_split(d.name, d.train_split, d.data_dir or None)
+    validate_against_data(config, info.split_sizes)
+    test, _ = open_split(d.name, d.eval_split, d.data_dir or None)
+    if info.num_classes < 2:
+        raise ConfigError(f"dataset {d.name!r} has no class labels to evaluate against")
+    return Splits(train, test, info)
+
+
+def loader_options(config: ml_collections.ConfigDict) -> dict:
+    d = config.data
+    return dict(process_index=jax.process_index(), process_count=jax.process_count(),
+                num_threads=d.num_threads, prefetch=d.prefetch, num_workers=d.num_workers)
+
+
+def rows_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(AXIS))
+
+
+def write_result(workdir: str | Path, name: str, result: dict) -> Path:
+    """RUN/eval/<name>.json (process 0 only)."""
+    path = Path(workdir) / "eval" / f"{name}.json"
+    if jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1, default=_json_default))
+    return path
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")

@@ -1,0 +1,113 @@
+"""Feature extraction over a whole split, kept sharded on the devices.
+
+`extract` runs a jitted feature function over the deterministic view of every image of a split and
+writes each device's rows of each batch into that device's block of a row-sharded buffer: nothing
+the size of the features is ever gathered on one host or device. The buffer is device-major (see
+`layout_index`); `valid` marks the padding of the last batch and `image` maps rows to images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from dcjax.clustering.kmeans import to_host
+from dcjax.clustering.sharding import AXIS
+from dcjax.data import pipeline
+
+
+@dataclasses.dataclass
+class Features:
+    """Row-sharded features of one split: rows [R, D], valid [R], image [R] (-1 on padding) and the
+    true labels [N] in dataset order."""
+
+    rows: jax.Array
+    valid: np.ndarray
+    image: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def row_labels(self) -> np.ndarray:
+        """The true label of each row [R] (-1 on padding)."""
+        out = np.full(self.image.shape, -1, np.int32)
+        out[self.valid] = self.labels[self.image[self.valid]]
+        return out
+
+    def to_numpy(self) -> np.ndarray:
+        """[N, D] on the host, in dataset order (for sizes that fit in host memory)."""
+        host = to_host(self.rows)
+        out = np.empty((self.labels.shape[0], host.shape[1]), host.dtype)
+        out[self.image[self.valid]] = host[self.valid]
+        return out
+
+
+def layout_index(num_batches: int, batch: int, ndev: int, n: int) -> np.ndarray:
+    """Dataset index of each row of the device-major feature buffer (-1 for padding): [nb * B].
+
+    Device j holds rows j*B/ndev ... of every global batch b, at block b of its shard.
+    """
+    per_dev = batch // ndev
+    rows = np.arange(num_batches * batch).reshape(num_batches, ndev, per_dev)
+    index = rows.transpose(1, 0, 2).reshape(-1)
+    return np.where(index < n, index, -1)
+
+
+def write_rows_fn(mesh: Mesh) -> Callable:
+    """(buffer [R, D], rows [B, D], b) -> buffer with each device's rows of batch b in its block b."""
+    spec = PartitionSpec(AXIS)
+
+    def local(buffer, rows, b):
+        return jax.lax.dynamic_update_slice(buffer, rows.astype(buffer.dtype),
+                                            (b * rows.shape[0], 0))
+
+    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, PartitionSpec()),
+                                 out_specs=spec), donate_argnums=0)
+
+
+def all_processes(local: np.ndarray) -> np.ndarray:
+    """Concatenation, in process order, of every process's equally long `local` array."""
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(local, tiled=True))
+
+
+def progress(iterable, **kwargs):
+    from tqdm import tqdm
+
+    return tqdm(iterable, disable=None if jax.process_index() == 0 else True, leave=False,
+                **kwargs)
+
+
+def extract(feature_fn: Callable, variables: tuple, source: Any, view: pipeline.ViewConfig,
+            batch: int, dim: int, mesh: Mesh, loader_options: dict, write_rows: Callable | None = None,
+            desc: str = "features") -> Features:
+    """`feature_fn(*variables, images) -> [B, dim]` over every image of `source`, sharded rows."""
+    ndev, n = mesh.devices.size, len(source)
+    nb = math.ceil(n / batch)
+    rows_sharding = NamedSharding(mesh, PartitionSpec(AXIS))
+    write_rows = write_rows or write_rows_fn(mesh)
+    buffer = jax.jit(lambda: jnp.zeros((nb * batch, dim), jnp.float32),
+                     out_shardings=rows_sharding)()
+    labels_local, index_local = [], []
+    for b, host_batch in enumerate(progress(pipeline.ordered_batches(source, view, batch,
+                                                                     **loader_options),
+                                            total=nb, desc=desc)):
+        images = jax.make_array_from_process_local_data(rows_sharding, host_batch["image"])
+        buffer = write_rows(buffer, feature_fn(*variables, images), b)
+        labels_local.append(host_batch["label"])
+        index_local.append(host_batch["index"])
+    # Every process has the same number of rows (padding included), so they gather evenly.
+    index = all_processes(np.concatenate(index_local))
+    labels = np.empty(n, np.int32)
+    labels[index[index >= 0]] = all_processes(np.concatenate(labels_local))[index >= 0]
+    image = layout_index(nb, batch, ndev, n)
+    return Features(rows=buffer, valid=image >= 0, image=image, labels=labels)

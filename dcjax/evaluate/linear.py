@@ -1,0 +1,313 @@
+"""Linear probes on each conv layer of a frozen network (the paper's Table 1 protocol).
+
+The network runs in eval mode (BatchNorm running statistics, no dropout) and receives no gradient.
+The output of each conv layer's ReLU (after BN, before pooling) is average-pooled to about 9k values
+and flattened; one linear classifier per layer is trained on it with SGD (momentum 0.9, weight
+decay, cosine-decayed learning rate) on crop + flip augmented views of the training split, all five
+in one jitted step over one forward pass. Top-1 is measured on the centre view of the held-out split.
+With config.eval.linear_normalize (default) each pooled feature is standardised before its
+classifier, as a BatchNorm without scale and shift (batch statistics in training, running averages
+in testing). The reference has no such layer; without it SGD at lr 0.01 oscillates on the large,
+unnormalised activations of deeper layers (a random network's above all), so the probe would
+measure the optimiser rather than the features.
+
+Pooling: at 224 px AlexNet, the paper's table (kernel/stride/pad, zero padding counted in the
+average): conv1 6/6/3 -> 96x10x10 = 9600, conv2 4/4/0 -> 256x6x6 = 9216, conv3 and conv4 3/3/1 ->
+384x5x5 = 9600, conv5 2/2/0 -> 256x6x6 = 9216. For every other geometry (the small variant, VGG16):
+adaptive average pooling (PyTorch's AdaptiveAvgPool2d bins) to the largest g x g grid, g <= the
+layer's side, with channels x g^2 <= config.eval.probe_dim; a layer already that small is unpooled.
+
+`--features=pixels` trains the same classifier on raw pixels of the centre view reduced by PCA to
+config.eval.pixel_pca_dim components and standardised (the "raw pixels" row).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from dcjax.clustering.pca import apply_pca, fit_pca
+from dcjax.clustering.sharding import put
+from dcjax.data import pipeline
+from dcjax.data.pipeline import normalize
+from dcjax.evaluate.common import Network, Splits, loader_options, rows_sharding
+from dcjax.evaluate.features import progress
+
+# AlexNet at 224 px: (kernel, stride, pad) of each conv layer's average pooling (DESIGN.md sec. 2).
+PAPER_POOLING = ((6, 6, 3), (4, 4, 0), (3, 3, 1), (3, 3, 1), (2, 2, 0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Pooling:
+    """Average pooling of a [B, H, W, C] activation: fixed window (kernel, stride, pad) or adaptive
+    to a grid x grid output."""
+
+    size: int  # input side H (= W)
+    channels: int
+    kernel: int = 0
+    stride: int = 0
+    pad: int = 0
+    grid: int = 0  # > 0: adaptive
+
+    @property
+    def out_side(self) -> int:
+        if self.grid:
+            return self.grid
+        return (self.size + 2 * self.pad - self.kernel) // self.stride + 1
+
+    @property
+    def dim(self) -> int:
+        return self.channels * self.out_side ** 2
+
+    def describe(self) -> str:
+        if self.grid:
+            kind = "none" if self.grid == self.size else f"adaptive {self.grid}x{self.grid}"
+        else:
+            kind = f"avg {self.kernel}/{self.stride}/{self.pad}"
+        return f"{self.size}x{self.size}x{self.channels} {kind} -> {self.dim}"
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(jnp.float32)
+        if self.grid:
+            if self.grid != self.size:
+                m = jnp.asarray(adaptive_matrix(self.size, self.grid))
+                x = jnp.einsum("gh,bhwc,fw->bgfc", m, x, m)
+        else:
+            p = self.pad
+            x = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, self.kernel, self.kernel, 1),
+                                      (1, self.stride, self.stride, 1),
+                                      ((0, 0), (p, p), (p, p), (0, 0))) / self.kernel ** 2
+        return x.reshape(x.shape[0], -1)
+
+
+def adaptive_matrix(size: int, grid: int) -> np.ndarray:
+    """[grid, size] averaging weights: bin i covers floor(i*size/grid) .. ceil((i+1)*size/grid)-1."""
+    m = np.zeros((grid, size), np.float32)
+    for i in range(grid):
+        lo, hi = (i * size) // grid, -(-((i + 1) * size) // grid)
+        m[i, lo:hi] = 1.0 / (hi - lo)
+    return m
+
+
+def choose_pooling(model_name: str, image_size: int, shapes: list[tuple[int, ...]],
+                   target: int) -> list[Pooling]:
+    """The pooling of each conv layer whose activation has shape [B, H, W, C]."""
+    if model_name == "alexnet" and image_size == 224 and len(shapes) == len(PAPER_POOLING):
+        return [Pooling(s[1], s[3], k, st, p) for s, (k, st, p) in zip(shapes, PAPER_POOLING)]
+    out = []
+    for _, h, w, c in shapes:
+        if h != w:
+            raise ValueError(f"linear probes expect square activations, got {h}x{w}")
+        grid = max(1, min(h, math.isqrt(max(target // c, 1))))
+        out.append(Pooling(h, c, grid=grid))
+    return out
+
+
+def probe_optimizer(config: ml_collections.ConfigDict, total_steps: int):
+    e = config.eval
+    schedule = optax.cosine_decay_schedule(e.linear_lr, max(total_steps, 1))
+    return optax.chain(optax.add_decayed_weights(e.linear_weight_decay),
+                       optax.sgd(schedule, momentum=e.linear_momentum or None))
+
+
+def init_probes(dims: dict[str, int], num_classes: int) -> dict:
+    return {name: {"kernel": jnp.zeros((d, num_classes)), "bias": jnp.zeros((num_classes,))}
+            for name, d in dims.items()}
+
+
+def init_norm_stats(dims: dict[str, int]) -> dict:
+    return {name: {"mean": jnp.zeros((d,)), "var": jnp.ones((d,))} for name, d in dims.items()}
+
+
+NORM_MOMENTUM = 0.9
+NORM_EPS = 1e-5
+
+
+def _logits(head: dict, x: jax.Array) -> jax.Array:
+    return x @ head["kernel"] + head["bias"]
+
+
+def _standardize(x: jax.Array, stats: dict | None) -> jax.Array:
+    if stats is None:
+        return x
+    return (x - stats["mean"]) * jax.lax.rsqrt(stats["var"] + NORM_EPS)
+
+
+def make_probe_fns(feature_fn: Callable, tx, normalize: bool) -> tuple[Callable, Callable]:
+    """(train step, eval step) for a dict of linear heads on `feature_fn(variables, images)`, which
+    returns {layer name: [B, dim]}.
+
+    With `normalize`, each feature is standardised before its head, like a BatchNorm without scale
+    or shift: by the batch's statistics in training (global batch), by their running averages in
+    testing. `stats` is then {name: {'mean', 'var'}}, else None.
+    """
+
+    def train_step(probes, opt_state, stats, variables, images, labels):
+        feats = jax.lax.stop_gradient(feature_fn(variables, images))
+        if normalize:
+            batch = {name: {"mean": f.mean(0), "var": f.var(0)} for name, f in feats.items()}
+            feats = {name: _standardize(f, batch[name]) for name, f in feats.items()}
+            stats = jax.tree.map(lambda s, b: NORM_MOMENTUM * s + (1 - NORM_MOMENTUM) * b,
+                                 stats, batch)
+
+        def loss_fn(probes):
+            losses = {name: optax.softmax_cross_entropy_with_integer_labels(
+                _logits(probes[name], feats[name]), labels).mean() for name in probes}
+            return sum(losses.values()), losses
+
+        (_, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(probes)
+        updates, opt_state = tx.update(grads, opt_state, probes)
+        return optax.apply_updates(probes, updates), opt_state, stats, losses
+
+    def eval_step(probes, stats, variables, images, labels, mask):
+        feats = feature_fn(variables, images)
+        return {name: jnp.sum((jnp.argmax(_logits(
+            probes[name], _standardize(feats[name], stats[name] if normalize else None)), -1)
+            == labels) & mask) for name in probes}
+
+    return jax.jit(train_step, donate_argnums=(0, 1, 2)), jax.jit(eval_step)
+
+
+def conv_features(net: Network, poolings: list[Pooling]) -> Callable:
+    def features(variables, images):
+        params, batch_stats = variables
+        acts = net.model.apply({"params": params, "batch_stats": batch_stats}, normalize(images),
+                               train=False, output="convs")
+        return {f"conv{i}": pool(a) for i, (pool, a) in enumerate(zip(poolings, acts), start=1)}
+
+    return features
+
+
+def conv_shapes(net: Network, image_size: int) -> list[tuple[int, ...]]:
+    acts = jax.eval_shape(lambda v, x: net.model.apply(
+        {"params": v[0], "batch_stats": v[1]}, x, train=False, output="convs"),
+        net.variables, jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32))
+    return [tuple(a.shape) for a in acts]
+
+
+def linear_probe(config: ml_collections.ConfigDict, net: Network, splits: Splits, mesh: Mesh,
+                 log: Callable[[str], None] = print) -> dict:
+    """Trains and tests one linear probe per conv layer; returns the result record."""
+    from dcjax.train import view_config
+
+    e, d = config.eval, config.data
+    t0 = time.time()
+    poolings = choose_pooling(config.model.name, d.image_size, conv_shapes(net, d.image_size),
+                              e.probe_dim)
+    names = [f"conv{i}" for i in range(1, len(poolings) + 1)]
+    num_classes = splits.info.num_classes
+    n, batch = len(splits.train), e.batch_size
+    steps = pipeline.num_train_batches(n, batch)
+    if steps < 1:
+        raise ValueError(f"config.eval.batch_size={batch} exceeds the {n} training images")
+    tx = probe_optimizer(config, steps * e.linear_epochs)
+    dims = {name: p.dim for name, p in zip(names, poolings)}
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    probes = put(init_probes(dims, num_classes), replicated)
+    stats = put(init_norm_stats(dims), replicated) if e.linear_normalize else None
+    opt_state = jax.jit(tx.init, out_shardings=replicated)(probes)
+    train_step, eval_step = make_probe_fns(conv_features(net, poolings), tx, e.linear_normalize)
+    rows = rows_sharding(mesh)
+    view = dataclasses.replace(view_config(config), crop_scale=tuple(e.crop_scale))
+    history = []
+    for epoch in range(e.linear_epochs):
+        order = np.random.default_rng([config.seed, 7919, epoch]).permutation(n)
+        sums = {name: 0.0 for name in names}
+        batches = pipeline.train_batches(splits.train, order, view, batch,
+                                         seed=config.seed * 1_000_003 + epoch,
+                                         **loader_options(config))
+        for b in progress(batches, total=steps, desc=f"probe epoch {epoch}"):
+            images = jax.make_array_from_process_local_data(rows, b["image"])
+            labels = jax.make_array_from_process_local_data(rows, b["label"].astype(np.int32))
+            probes, opt_state, stats, losses = train_step(probes, opt_state, stats, net.variables,
+                                                          images, labels)
+            sums = {name: sums[name] + losses[name] for name in names}
+        mean = {name: float(sums[name]) / steps for name in names}
+        history.append(mean)
+        log(f"probe epoch {epoch}: train loss " + " ".join(f"{k} {v:.3f}" for k, v in mean.items()))
+    correct = {name: 0 for name in names}
+    for b in progress(pipeline.ordered_batches(splits.test, view_config(config), batch,
+                                               **loader_options(config)), desc="probe test"):
+        images = jax.make_array_from_process_local_data(rows, b["image"])
+        labels = jax.make_array_from_process_local_data(rows, b["label"].astype(np.int32))
+        mask = jax.make_array_from_process_local_data(rows, b["mask"])
+        counts = eval_step(probes, stats, net.variables, images, labels, mask)
+        correct = {name: correct[name] + int(counts[name]) for name in names}
+    m = len(splits.test)
+    layers = {name: {"top1": correct[name] / m, "dim": p.dim, "pooling": p.describe(),
+                     "final_train_loss": history[-1][name] if history else None}
+              for name, p in zip(names, poolings)}
+    return {"layers": layers, "epochs": e.linear_epochs, "normalize": bool(e.linear_normalize),
+            "train_images": n, "test_images": m, "seconds": time.time() - t0}
+
+
+# ------------------------------------------------------------------ raw pixels
+
+
+def pixel_arrays(config: ml_collections.ConfigDict, source) -> tuple[np.ndarray, np.ndarray]:
+    """Centre views of every image of `source` as flat float32 rows in [0, 1], and the labels."""
+    from dcjax.train import view_config
+
+    xs, ys = [], []
+    for b in pipeline.ordered_batches(source, view_config(config), config.eval.batch_size,
+                                      num_threads=config.data.num_threads):
+        keep = b["mask"]
+        xs.append(b["image"][keep].reshape(int(keep.sum()), -1))
+        ys.append(b["label"][keep])
+    return np.concatenate(xs).astype(np.float32) / 255.0, np.concatenate(ys).astype(np.int32)
+
+
+def train_linear(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                 num_classes: int, config: ml_collections.ConfigDict,
+                 log: Callable[[str], None] = print) -> dict:
+    """The probe's classifier and optimizer on fixed feature arrays (no augmentation)."""
+    e = config.eval
+    n, batch = x_train.shape[0], min(e.batch_size, x_train.shape[0])
+    steps = n // batch
+    tx = probe_optimizer(config, steps * e.linear_epochs)
+    probes = init_probes({"x": x_train.shape[1]}, num_classes)
+    opt_state = tx.init(probes)
+    stats = None  # the caller standardises the arrays
+    train_step, eval_step = make_probe_fns(lambda variables, x: {"x": x}, tx, normalize=False)
+    xt, yt = jnp.asarray(x_train), jnp.asarray(y_train)
+    loss = None
+    for epoch in range(e.linear_epochs):
+        order = np.random.default_rng([config.seed, 7919, epoch]).permutation(n)[: steps * batch]
+        total = 0.0
+        for idx in order.reshape(steps, batch):
+            probes, opt_state, stats, losses = train_step(probes, opt_state, stats, (), xt[idx],
+                                                          yt[idx])
+            total += losses["x"]
+        loss = float(total) / steps
+        log(f"linear epoch {epoch}: train loss {loss:.4f}")
+    correct = int(eval_step(probes, stats, (), jnp.asarray(x_test), jnp.asarray(y_test),
+                            jnp.ones(len(y_test), bool))["x"])
+    return {"top1": correct / len(y_test), "final_train_loss": loss}
+
+
+def pixel_probe(config: ml_collections.ConfigDict, splits: Splits, mesh: Mesh,
+                log: Callable[[str], None] = print) -> dict:
+    """Linear classifier on PCA components of raw pixels (standardised with train statistics)."""
+    t0 = time.time()
+    x_train, y_train = pixel_arrays(config, splits.train)
+    x_test, y_test = pixel_arrays(config, splits.test)
+    dim = min(config.eval.pixel_pca_dim, x_train.shape[1])
+    pca = fit_pca(x_train, dim, mesh=mesh)
+    z_train = np.asarray(apply_pca(pca, x_train, whiten=False, l2_normalize=False, mesh=mesh))
+    z_test = np.asarray(apply_pca(pca, x_test, whiten=False, l2_normalize=False, mesh=mesh))
+    mu, sd = z_train.mean(0), z_train.std(0) + 1e-6
+    result = train_linear((z_train - mu) / sd, y_train, (z_test - mu) / sd, y_test,
+                          splits.info.num_classes, config, log)
+    layer = {"top1": result["top1"], "dim": dim, "pooling": f"{x_train.shape[1]} pixels, PCA {dim}",
+             "final_train_loss": result["final_train_loss"]}
+    return {"layers": {"pixels": layer}, "epochs": config.eval.linear_epochs,
+            "train_images": len(y_train), "test_images": len(y_test), "seconds": time.time() - t0}

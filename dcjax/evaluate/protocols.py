@@ -1,0 +1,115 @@
+"""The kNN and clustering protocols on network features (or raw pixels), and the shared pieces the
+training loop uses for its periodic kNN."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from dcjax import metrics
+from dcjax.clustering import run_kmeans
+from dcjax.clustering.pca import apply_pca, pca_whiten
+from dcjax.evaluate.common import Network, Splits, loader_options
+from dcjax.evaluate.features import Features, extract
+from dcjax.evaluate.knn import knn_predict
+from dcjax.evaluate.linear import pixel_arrays
+from dcjax.step import make_feature_fn
+
+
+def fc7_features(config: ml_collections.ConfigDict, feature_fn: Callable, variables: tuple,
+                 source: Any, mesh: Mesh, desc: str) -> Features:
+    from dcjax.train import view_config
+
+    return extract(feature_fn, variables, source, view_config(config), config.eval.batch_size,
+                   config.model.fc_dim, mesh, loader_options(config), desc=desc)
+
+
+def knn_scores(config: ml_collections.ConfigDict, bank, bank_labels: np.ndarray, bank_valid,
+               queries: np.ndarray, query_labels: np.ndarray, num_classes: int,
+               mesh: Mesh) -> dict:
+    """kNN top-1 on the features as they are and after PCA-whitening (fit on the bank)."""
+    e, cl = config.eval, config.clustering
+    out = {}
+    predicted = knn_predict(bank, bank_labels, queries, num_classes, k=e.knn_k,
+                            weights=e.knn_weights, mesh=mesh)
+    out["raw"] = float(np.mean(predicted == query_labels))
+    dim = min(cl.pca_dim, queries.shape[1])
+    reduced, pca = pca_whiten(bank, dim, chunk_size=cl.chunk_size, mesh=mesh, valid=bank_valid)
+    q = np.asarray(apply_pca(pca, queries, chunk_size=cl.chunk_size, mesh=mesh))
+    labels = np.asarray(bank_labels)
+    if reduced.shape[0] != labels.shape[0]:
+        reduced = reduced[: labels.shape[0]]
+    predicted = knn_predict(reduced, labels, q, num_classes, k=e.knn_k, weights=e.knn_weights,
+                            mesh=mesh)
+    out["pca_whitened"] = float(np.mean(predicted == query_labels))
+    out["pca_dim"] = dim
+    return out
+
+
+def knn_protocol(config: ml_collections.ConfigDict, net: Network | None, splits: Splits,
+                 mesh: Mesh, feature_fn: Callable | None = None) -> dict:
+    """Weighted kNN (cosine, k = config.eval.knn_k) of held-out images against the training split,
+    on fc7 and on PCA-whitened fc7 (or on raw pixels when `net` is None)."""
+    t0 = time.time()
+    C = splits.info.num_classes
+    if net is None:
+        x_train, y_train = pixel_arrays(config, splits.train)
+        x_test, y_test = pixel_arrays(config, splits.test)
+        scores = knn_scores(config, x_train, y_train, None, x_test, y_test, C, mesh)
+        name = "pixels"
+    else:
+        feature_fn = feature_fn or jax.jit(make_feature_fn(net.model, "fc7"))
+        bank = fc7_features(config, feature_fn, net.variables, splits.train, mesh, "bank")
+        test = fc7_features(config, feature_fn, net.variables, splits.test, mesh, "queries")
+        scores = knn_scores(config, bank.rows, bank.row_labels, bank.valid, test.to_numpy(),
+                            test.labels, C, mesh)
+        name = "fc7"
+    e = config.eval
+    return {"features": {name: scores["raw"], f"{name}_pca_whitened": scores["pca_whitened"]},
+            "k": e.knn_k, "weights": e.knn_weights, "pca_dim": scores["pca_dim"],
+            "train_images": len(splits.train), "test_images": len(splits.test),
+            "seconds": time.time() - t0}
+
+
+def cluster_quality(features, labels: np.ndarray, k: int, *, pca_dim: int | None, iterations: int,
+                    seed: int, chunk_size: int = 8192, mesh: Mesh | None = None,
+                    valid: np.ndarray | None = None) -> dict:
+    """k-means (JAX) on `features` (PCA-whitened to `pca_dim` first unless None): NMI, ARI and
+    Hungarian accuracy against `labels` (one per row; rows outside `valid` ignored)."""
+    x = features
+    if pca_dim is not None:
+        x, _ = pca_whiten(features, min(pca_dim, features.shape[1]), chunk_size=chunk_size,
+                          mesh=mesh, valid=valid)
+    result = run_kmeans(x, k, iterations=iterations, seed=seed, chunk_size=chunk_size, mesh=mesh,
+                        valid=valid)
+    keep = slice(None) if valid is None else np.asarray(valid)
+    assignment, truth = result.assignment[keep], np.asarray(labels)[keep]
+    return {"nmi": metrics.nmi(truth, assignment), "ari": metrics.ari(truth, assignment),
+            "accuracy": metrics.clustering_accuracy(truth, assignment),
+            "objective": float(result.objective[-1]), **metrics.cluster_size_stats(assignment, k)}
+
+
+def clustering_protocol(config: ml_collections.ConfigDict, net: Network | None, splits: Splits,
+                        mesh: Mesh) -> dict:
+    """k-means with k = number of classes on the held-out split's PCA-whitened fc7 (or pixels)."""
+    t0 = time.time()
+    C, cl = splits.info.num_classes, config.clustering
+    common = dict(iterations=cl.iterations, seed=config.seed, chunk_size=cl.chunk_size, mesh=mesh)
+    if net is None:
+        x, y = pixel_arrays(config, splits.test)
+        scores = cluster_quality(x, y, C, pca_dim=cl.pca_dim, **common)
+        name = "pixels"
+    else:
+        feature_fn = jax.jit(make_feature_fn(net.model, "fc7"))
+        test = fc7_features(config, feature_fn, net.variables, splits.test, mesh, "features")
+        scores = cluster_quality(test.rows, test.row_labels, C, pca_dim=cl.pca_dim,
+                                 valid=test.valid, **common)
+        name = "fc7"
+    return {"features": name, "k": C, "pca_dim": min(cl.pca_dim, config.model.fc_dim), **scores,
+            "test_images": len(splits.test), "seconds": time.time() - t0}

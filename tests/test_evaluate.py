@@ -1,0 +1,213 @@
+"""Evaluation protocols: linear probes, kNN, clustering quality, and the command line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from conftest import ROOT
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from sklearn.neighbors import KNeighborsClassifier
+
+from dcjax.clustering.kmeans import init_centroids
+from dcjax.config_lib import ConfigError, load_config_file
+from dcjax.data.prepare import prepare
+from dcjax.evaluate.__main__ import evaluate
+from dcjax.evaluate.knn import knn_predict
+from dcjax.evaluate.linear import Pooling, adaptive_matrix, choose_pooling
+from dcjax.evaluate.protocols import cluster_quality
+from dcjax.train import train_and_evaluate
+
+
+def digits_smoke(**overrides):
+    c = load_config_file(str(ROOT / "configs" / "digits.py"), "smoke")
+    c.eval.batch_size = 32
+    c.eval.linear_epochs = 1
+    c.eval.knn_k = 5
+    for key, value in overrides.items():
+        section, _, field = key.rpartition(".")
+        (c[section] if section else c)[field] = value
+    return c
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    train_and_evaluate(digits_smoke(num_epochs=1, pixel_baseline=False, eval_every_epochs=1),
+                       str(workdir))
+    return workdir
+
+
+def test_knn_logged_during_training(trained_run):
+    record = json.loads((trained_run / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0.1 < record["knn_top1"] <= 1.0 and 0.1 < record["knn_top1_pca_whitened"] <= 1.0
+
+
+# ------------------------------------------------------------------ kNN and clustering vs sklearn
+
+
+@pytest.mark.parametrize("weights", ["distance", "uniform"])
+def test_knn_equals_scikit_learn(weights):
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(5, 16)) * 2
+    bank_y = rng.integers(0, 5, 403)  # not a multiple of the 4 devices: padded inside
+    bank = centres[bank_y] + rng.normal(size=(403, 16)) * 2.5
+    query_y = rng.integers(0, 5, 150)
+    queries = centres[query_y] + rng.normal(size=(150, 16)) * 2.5
+    ours = knn_predict(bank.astype(np.float32), bank_y, queries.astype(np.float32), 5, k=20,
+                       weights=weights, chunk_size=64)
+    ref = KNeighborsClassifier(20, metric="cosine", weights=weights, algorithm="brute")
+    expected = ref.fit(bank, bank_y).predict(queries)
+    np.testing.assert_array_equal(ours, expected)
+    assert 0.3 < np.mean(ours == query_y) < 1.0  # a non-trivial problem
+
+
+def test_knn_ignores_padding_rows_and_checks_k():
+    bank = np.eye(4, dtype=np.float32)
+    labels = np.array([0, 1, -1, -1])  # two rows to ignore
+    # The first query equals an ignored row: counted, it would be its only (exact) neighbour.
+    pred = knn_predict(bank, labels, np.array([[0, 0, 1, 0], [0, 1, 0.1, 0]], np.float32), 2, k=2,
+                       weights="distance")
+    assert pred.tolist() == [0, 1]  # a tie at equal distance goes to the lower class
+    with pytest.raises(ValueError, match="k=3"):
+        knn_predict(bank, labels, bank, 2, k=3)
+
+
+def test_cluster_quality_equals_scikit_learn():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 600)
+    x = (rng.normal(size=(4, 8)) * 3)[y] + rng.normal(size=(600, 8))
+    x = x.astype(np.float32)
+    ours = cluster_quality(x, y, 4, pca_dim=None, iterations=20, seed=3)
+    init = np.asarray(init_centroids(x, 4, 3))
+    ref = KMeans(4, init=init, n_init=1, max_iter=20, tol=0, algorithm="lloyd").fit(x)
+    assert ours["nmi"] == pytest.approx(normalized_mutual_info_score(y, ref.labels_), abs=1e-9)
+    assert ours["ari"] == pytest.approx(adjusted_rand_score(y, ref.labels_), abs=1e-9)
+    assert ours["objective"] == pytest.approx(ref.inertia_, rel=1e-4)
+
+
+# ------------------------------------------------------------------ pooling
+
+
+def test_paper_pooling_at_224():
+    shapes = [(1, 55, 55, 96), (1, 27, 27, 256), (1, 13, 13, 384), (1, 13, 13, 384),
+              (1, 13, 13, 256)]
+    pools = choose_pooling("alexnet", 224, shapes, 9216)
+    assert [p.dim for p in pools] == [9600, 9216, 9600, 9600, 9216]
+    x = jax.numpy.ones((2, 55, 55, 96))
+    assert pools[0](x).shape == (2, 9600)
+
+
+def test_adaptive_pooling_bins_and_sizes():
+    m = adaptive_matrix(7, 3)  # bins 0-2, 2-4, 4-6 (PyTorch AdaptiveAvgPool2d)
+    np.testing.assert_allclose(m.sum(1), 1.0)
+    assert [tuple(np.flatnonzero(r)) for r in m] == [(0, 1, 2), (2, 3, 4), (4, 5, 6)]
+    pools = choose_pooling("alexnet_small", 32, [(1, 32, 32, 32), (1, 7, 7, 128)], 9216)
+    assert [p.grid for p in pools] == [16, 7] and pools[1].describe().endswith("none -> 6272")
+    x = np.random.default_rng(0).normal(size=(2, 7, 7, 3)).astype(np.float32)
+    out = Pooling(7, 3, grid=3)(jax.numpy.asarray(x)).reshape(2, 3, 3, 3)
+    np.testing.assert_allclose(out[:, 1, 2], x[:, 2:5, 4:7].mean((1, 2)), rtol=1e-5)
+
+
+# ------------------------------------------------------------------ protocols end to end
+
+
+def stripes(n: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Class 0: horizontal stripes, class 1: vertical (random period, phase, contrast, noise)."""
+    y = rng.integers(0, 2, n)
+    grid = np.arange(32)
+    x = np.empty((n, 32, 32), np.uint8)
+    for i in range(n):
+        period, phase = rng.integers(4, 9), rng.integers(0, 8)
+        wave = (((grid + phase) // (period // 2)) % 2).astype(np.float32)
+        img = np.tile(wave[:, None], (1, 32)) if y[i] == 0 else np.tile(wave[None, :], (32, 1))
+        img = 60 + rng.uniform(80, 180) * img + rng.normal(0, 10, (32, 32))
+        x[i] = np.clip(img, 0, 255)
+    return x, y
+
+
+def test_linear_probe_separates_a_trivial_dataset(tmp_path):
+    rng = np.random.default_rng(0)
+    (x_tr, y_tr), (x_te, y_te) = stripes(256, rng), stripes(128, rng)
+    np.savez(tmp_path / "stripes.npz", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
+    prepare(str(tmp_path / "stripes.npz"), "stripes", class_names=["horizontal", "vertical"])
+    c = digits_smoke(**{"data.name": "stripes", "clustering.k": 2, "eval.linear_epochs": 4,
+                        "eval.crop_scale": (0.5, 1.0)})
+    result = evaluate(c, str(tmp_path), "linear", init="random")
+    top1 = {name: r["top1"] for name, r in result["layers"].items()}
+    assert min(top1.values()) >= 0.95, top1
+    assert json.loads((tmp_path / "eval" / "linear_random.json").read_text())["init"] == "random"
+
+
+def test_protocols_on_a_trained_run(trained_run):
+    c = digits_smoke()
+    linear = evaluate(c, str(trained_run), "linear")
+    assert set(linear["layers"]) == {f"conv{i}" for i in range(1, 6)}
+    assert linear["checkpoint_step"] > 0 and linear["test_images"] == 359
+    assert all(0.1 < r["top1"] <= 1.0 for r in linear["layers"].values())  # above chance (10 classes)
+    knn = evaluate(c, str(trained_run), "knn")
+    assert set(knn["features"]) == {"fc7", "fc7_pca_whitened"}
+    assert all(0.1 < v <= 1.0 for v in knn["features"].values())
+    quality = evaluate(c, str(trained_run), "clustering", features="pixels")
+    assert quality["k"] == 10 and 0.3 < quality["nmi"] <= 1.0  # digits pixels cluster well
+    pixels = evaluate(c, str(trained_run), "linear", features="pixels")
+    assert pixels["layers"]["pixels"]["top1"] > 0.5
+    names = sorted(p.name for p in (trained_run / "eval").iterdir())
+    assert names == ["clustering_pixels.json", "knn.json", "linear.json", "linear_pixels.json"]
+
+
+def run_cli(*args, cwd=ROOT):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "dcjax.evaluate", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_command_line_uses_the_runs_config(trained_run):
+    out = run_cli(f"--workdir={trained_run}", "--protocol=clustering", "--init=random",
+                  "--config.eval.batch_size=64")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| fc7 | 10 |" in out.stdout
+    result = json.loads((trained_run / "eval" / "clustering_random.json").read_text())
+    assert result["init"] == "random" and result["checkpoint_step"] is None
+
+
+def test_command_line_errors_are_one_line(tmp_path, trained_run):
+    out = run_cli(f"--workdir={tmp_path}", "--protocol=knn")
+    assert out.returncode == 2 and out.stderr.strip().startswith("error:")
+    assert "config.json" in out.stderr and "Traceback" not in out.stderr
+    out = run_cli(f"--workdir={trained_run}", "--protocol=knn", "--step=123456")
+    assert out.returncode == 2 and "--step=123456" in out.stderr and "Traceback" not in out.stderr
+    out = run_cli(f"--workdir={trained_run}", "--protocol=linear", "--config.eval.knn_weights=x")
+    assert out.returncode == 2 and "knn_weights" in out.stderr
+
+
+def test_missing_checkpoint_is_a_config_error(tmp_path):
+    from dcjax.evaluate.common import load_network
+
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        load_network(digits_smoke(), tmp_path, "trained")
+
+
+def test_sweep_of_two_values(tmp_path):
+    root = tmp_path / "sweep"
+    args = [sys.executable, str(ROOT / "launch" / "sweep.py"), "--config=configs/digits.py:smoke",
+            f"--root={root}", "--sweep=clustering.k=5,10", "--set=eval.knn_k=5", "--eval=knn"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    printed = subprocess.run(args + ["--print_only"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert printed.returncode == 0 and len(printed.stdout.strip().splitlines()) == 4
+    assert not root.exists()  # printing runs nothing
+    out = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import csv
+
+    rows = list(csv.DictReader(open(root / "sweep.csv")))
+    assert [r["clustering.k"] for r in rows] == ["5", "10"]
+    assert all(0.0 < float(r["knn_fc7"]) <= 1.0 and r["final_nmi_labels"] for r in rows)
+    assert "| clustering.k |" in (root / "sweep.md").read_text()
+    again = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("done already") == 4
