@@ -5,7 +5,8 @@ Import once from the 128 px tarball shipped beside the project:
     python -m dcjax.data.prepare --source=../shared/data/imagenette-128.tar.gz --name=imagenette128
     python -m dcjax.main --config=configs/imagenette.py --workdir=runs/imagenette
 
-On a GPU, `--config=configs/imagenette.py:alexnet224` uses the exact AlexNet-BN 224 px geometry
+`:cpu` narrows the network for a 2-core CPU (docs/evaluation.md has its measured times). On a GPU,
+`--config=configs/imagenette.py:alexnet224` uses the exact AlexNet-BN 224 px geometry
 (images upsampled from 128 px). Expected time: not yet measured (on a GPU, minutes per epoch; on a
 2-core CPU the 64 px default is hours per epoch). `:smoke` shrinks it for a quick check.
 """
@@ -30,7 +31,14 @@ def get_config(arg: str | None = None):
     c.clustering.k = 100
     c.clustering.pca_dim = 128
 
-    if arg == "alexnet224":
+    if arg == "cpu":
+        # Sized for a 2-core CPU like configs/cifar10.py:cpu (conv1 stride 2 at 64 px).
+        c.model.widths = (32, 64, 128, 128, 64)
+        c.model.fc_dim = 512
+        c.clustering.pca_dim = 64
+        c.data.crop_scale = (0.2, 1.0)
+        c.eval.crop_scale = (0.2, 1.0)
+    elif arg == "alexnet224":
         c.batch_size = 256
         c.data.image_size = 224
         c.data.resize_size = 256

@@ -77,7 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.linear_lr = 0.01  # SGD momentum 0.9, cosine decay to 0 over the probe's epochs
     c.eval.linear_momentum = 0.9
     c.eval.linear_weight_decay = 1e-4
-    c.eval.linear_normalize = True  # standardise each pooled feature (BatchNorm without affine)
+    c.eval.linear_normalize = False  # True: standardise each pooled feature (needs a lower lr)
     c.eval.crop_scale = (0.08, 1.0)  # the probe's training views; flip follows data.flip
     c.eval.probe_dim = 9216  # pooled size per conv layer for geometries without the paper's table
     c.eval.pixel_pca_dim = 64  # --features=pixels: raw pixels reduced to this many components

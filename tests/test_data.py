@@ -239,3 +239,58 @@ def test_shared_cifar10_tarball_imports_completely(tmp_path):
     assert info.class_names[0] == "airplane" and len(source) == 10000
     img = pipeline.decode_image(source[0]["image"])
     assert img.shape == (32, 32, 3)
+
+
+def _jpeg(rng, h, w) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _add(tar, name: str, data: bytes) -> None:
+    import io
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def test_imagenet_tarballs_with_resized_copy(tmp_path):
+    """The official layout in miniature: a train tar of per-class tars, a flat val tar, labels."""
+    import io
+    import tarfile
+
+    from dcjax.data.datasets import open_split
+    from dcjax.data.pipeline import decode_image
+    from dcjax.data.prepare import prepare
+
+    rng = np.random.default_rng(0)
+    wnids = ["n01440764", "n02102040"]
+    with tarfile.open(tmp_path / "ILSVRC2012_img_train.tar", "w") as outer:
+        for c, wnid in enumerate(wnids):
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as inner:
+                for i in range(3 + c):
+                    _add(inner, f"{wnid}_{i}.JPEG", _jpeg(rng, 300, 400))
+            _add(outer, f"{wnid}.tar", buf.getvalue())
+    val = [f"ILSVRC2012_val_{i:08d}.JPEG" for i in (1, 2, 3)]
+    with tarfile.open(tmp_path / "ILSVRC2012_img_val.tar", "w") as tar:
+        for name in val:
+            _add(tar, name, _jpeg(rng, 200, 120))
+    (tmp_path / "LOC_val_solution.csv").write_text(
+        "ImageId,PredictionString\n" + "".join(
+            f"{n[:-5]},{wnids[i % 2]} 1 2 3 4\n" for i, n in enumerate(val)))
+    report = prepare(str(tmp_path), "mini_imagenet", resize_shorter=64, verbose=False)
+    assert report.class_names == wnids and report.total("train") == 7
+    train, info = open_split("mini_imagenet", "train")
+    assert info.split_sizes == {"train": 7, "validation": 3}
+    shapes = {decode_image(train[i]["image"]).shape for i in range(len(train))}
+    assert shapes == {(64, 85, 3)}  # shorter side 300 -> 64, 400 -> 85
+    valid, _ = open_split("mini_imagenet", "validation")
+    assert [int(valid[i]["label"]) for i in range(3)] == [0, 1, 0]
+    assert decode_image(valid[0]["image"]).shape == (107, 64, 3)  # 200x120 -> 106.7x64

@@ -142,3 +142,37 @@ def test_sobel_kernels_are_constants_untouched_by_a_training_step():
     np.testing.assert_array_equal(np.asarray(sobel_filter(x)), np.asarray(sobel_filter(x)))
     np.testing.assert_allclose(np.asarray(sobel_filter(x)), numpy_sobel(np.asarray(x)),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_compute_with_float32_state():
+    from conftest import ROOT
+
+    from dcjax.clustering.kmeans import kmeans
+    from dcjax.config_lib import load_config_file
+    from dcjax.step import create_train_state, make_feature_fn, make_train_step
+    from dcjax.train import build_model
+
+    c = load_config_file(str(ROOT / "configs" / "digits.py"), "smoke")
+    c.model.dtype = "bfloat16"
+    model = build_model(c, 10)
+    state = create_train_state(model, c, jax.random.key(0))
+    images = jax.random.randint(jax.random.key(1), (32, 32, 32, 3), 0, 256).astype(jnp.uint8)
+    labels = jnp.arange(32) % 10
+    step = jax.jit(make_train_step(model, c))
+    jaxpr = str(jax.make_jaxpr(step)(state, images, labels, jax.random.key(2)))
+    assert "conv_general_dilated" in jaxpr and "bf16[32,32,32,8]" in jaxpr  # conv1 output in bf16
+    before = np.asarray(state.params["conv1"]["kernel"])
+    for _ in range(3):
+        state, m = step(state, images, labels, jax.random.key(2))
+        assert m["loss"].dtype == jnp.float32 and np.isfinite(float(m["loss"]))
+    assert not np.allclose(np.asarray(state.params["conv1"]["kernel"]), before)  # it trains
+    dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.batch_stats))}
+    assert dtypes == {jnp.dtype(jnp.float32)}  # parameters and BatchNorm statistics stay float32
+    features = jax.jit(make_feature_fn(model, "fc7"))(state.params, state.batch_stats, images)
+    assert features.dtype == jnp.float32
+    # k-means scores at float32 accuracy whatever the default matmul precision says.
+    x = np.random.default_rng(0).normal(size=(256, 16)).astype(np.float32)
+    with jax.default_matmul_precision("bfloat16"):
+        low = kmeans(x, 8, iterations=5, seed=0)
+    high = kmeans(x, 8, iterations=5, seed=0)
+    np.testing.assert_array_equal(low.assignment, high.assignment)

@@ -1,6 +1,7 @@
 """Import images into a TFDS dataset stored as ArrayRecord (random access by index).
 
     python -m dcjax.data.prepare --source=SOURCE --name=NAME [--data_dir=DIR] [--overwrite]
+                                 [--resize_shorter=256]
 
 SOURCE is one of:
   * an image folder laid out `split/class/image` (any number of leading folders above the splits);
@@ -9,7 +10,14 @@ SOURCE is one of:
     `train-labels-idx1-ubyte[.gz]`, `t10k-...` for the test split);
   * an `.npz` file with arrays `x_<split>` ([N, H, W] or [N, H, W, C] uint8) and `y_<split>` ([N] int);
   * `digits`: scikit-learn's bundled 8x8 digits, the embedded default (prepared automatically on
-    first use).
+    first use);
+  * a folder with the official ILSVRC-2012 tarballs `ILSVRC2012_img_train.tar` (one tar per class
+    inside) and optionally `ILSVRC2012_img_val.tar` with its labels (`LOC_val_solution.csv`, or
+    `validation_labels.txt`: one wnid per line in sorted file-name order): splits `train` and
+    `validation`, classes = the 1,000 wnids in sorted order.
+
+`--resize_shorter=256` stores a resized copy (shorter side 256, JPEG quality 90) so that training
+decodes small JPEGs instead of full-size ones.
 
 Every example holds the encoded image (the original JPEG/PNG bytes when the file is one, PNG
 otherwise), its label, and an `id` (the source path or array index), so nothing depends on the
@@ -87,12 +95,24 @@ class ImportReport:
 # --------------------------------------------------------------------------- image checks
 
 
-def checked_image_bytes(data: bytes) -> bytes:
-    """Fully decodes `data`; returns it as is if JPEG/PNG, else re-encoded as PNG. Raises on failure."""
+def checked_image_bytes(data: bytes, resize_shorter: int = 0) -> bytes:
+    """Fully decodes `data`; returns it as is if JPEG/PNG, else re-encoded as PNG. Raises on failure.
+
+    With `resize_shorter` > 0, an image whose shorter side is longer than that is resized (bicubic)
+    to that shorter side and stored as JPEG (quality 90): a smaller copy that decodes faster.
+    """
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
         im.load()
+        w, h = im.size
+        if resize_shorter and min(w, h) > resize_shorter:
+            scale = resize_shorter / min(w, h)
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            small = im.convert("RGB").resize(size, Image.BICUBIC)
+            buf = io.BytesIO()
+            small.save(buf, format="JPEG", quality=90)
+            return buf.getvalue()
         if im.format in _KEEP_FORMATS:
             return data
         return encode_png(np.asarray(im.convert("RGB")))
@@ -177,6 +197,87 @@ def tar_source(path: Path, report: ImportReport) -> Source:
                 yield m.name, sc[1], f.read() if f is not None else b""
 
     return sorted(classes), {s: (lambda s=s: split_iter(s)) for s in sorted(splits)}
+
+
+IMAGENET_TRAIN_TAR = "ILSVRC2012_img_train.tar"
+IMAGENET_VAL_TAR = "ILSVRC2012_img_val.tar"
+IMAGENET_VAL_LABELS = ("LOC_val_solution.csv", "validation_labels.txt")
+
+
+def imagenet_val_labels(root: Path, val_names: list[str]) -> dict[str, str]:
+    """Validation file name -> wnid, from LOC_val_solution.csv (ImageId,PredictionString as on
+    Kaggle) or validation_labels.txt (one wnid per line, in sorted file-name order, as TFDS ships)."""
+    csv_path, txt_path = (root / n for n in IMAGENET_VAL_LABELS)
+    if csv_path.exists():
+        labels = {}
+        for line in csv_path.read_text().splitlines()[1:]:
+            image_id, _, prediction = line.partition(",")
+            if prediction.strip():
+                labels[f"{image_id.strip()}.JPEG"] = prediction.split()[0]
+        return labels
+    if txt_path.exists():
+        wnids = [w.strip() for w in txt_path.read_text().splitlines() if w.strip()]
+        names = sorted(val_names)
+        if len(wnids) != len(names):
+            raise DataError(f"{txt_path} has {len(wnids)} labels for {len(names)} validation images")
+        return dict(zip(names, wnids))
+    raise DataError(f"{root} has {IMAGENET_VAL_TAR} but no labels for it: put "
+                    f"{' or '.join(IMAGENET_VAL_LABELS)} beside it")
+
+
+def imagenet_source(root: Path, report: ImportReport) -> Source:
+    """The official ILSVRC-2012 tarballs: the train tar holds one tar per class (n01440764.tar,
+    ...), the val tar 50,000 JPEGs whose labels come from a labels file (imagenet_val_labels).
+    Both are streamed; nothing is unpacked to disk."""
+    train_tar, val_tar = root / IMAGENET_TRAIN_TAR, root / IMAGENET_VAL_TAR
+    try:
+        with tarfile.open(train_tar) as tar:
+            class_tars = [m.name for m in tar.getmembers() if m.name.endswith(".tar")]
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"cannot read the archive {train_tar}: {e}") from e
+    classes = sorted(Path(n).stem for n in class_tars)
+    if not classes:
+        raise DataError(f"{train_tar} holds no per-class .tar files")
+    splits: dict[str, Callable[[], Iterator[RawExample]]] = {}
+
+    def train_iter() -> Iterator[RawExample]:
+        with tarfile.open(train_tar, "r|*") as outer:
+            for m in outer:
+                if not (m.isfile() and m.name.endswith(".tar")):
+                    continue
+                wnid = Path(m.name).stem
+                with tarfile.open(fileobj=outer.extractfile(m), mode="r|*") as inner:
+                    for im in inner:
+                        if im.isfile():
+                            f = inner.extractfile(im)
+                            yield f"train/{wnid}/{im.name}", wnid, f.read() if f else b""
+
+    splits["train"] = train_iter
+    if val_tar.exists():
+        try:
+            with tarfile.open(val_tar) as tar:
+                val_names = [Path(m.name).name for m in tar.getmembers() if m.isfile()]
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise DataError(f"cannot read the archive {val_tar}: {e}") from e
+        labels = imagenet_val_labels(root, val_names)
+        unknown = sorted({w for w in labels.values() if w not in set(classes)})
+        if unknown:
+            raise DataError(f"validation labels name classes not in the train tar: {unknown[:3]}")
+
+        def val_iter() -> Iterator[RawExample]:
+            with tarfile.open(val_tar, "r|*") as tar:
+                for m in tar:
+                    name = Path(m.name).name
+                    if not m.isfile():
+                        continue
+                    if name not in labels:
+                        report.skipped.append((name, "no label in the validation labels file"))
+                        continue
+                    f = tar.extractfile(m)
+                    yield f"validation/{name}", labels[name], f.read() if f else b""
+
+        splits["validation"] = val_iter
+    return classes, splits
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -277,6 +378,8 @@ def open_source(source: str, report: ImportReport, class_names: list[str] | None
     if not path.exists():
         raise DataError(f"--source={source}: no such file or folder")
     if path.is_dir():
+        if (path / IMAGENET_TRAIN_TAR).exists():
+            return imagenet_source(path, report)
         if any(path.glob("*-idx[13]-ubyte*")):
             return idx_source(path, report, class_names)
         if class_names:
@@ -296,13 +399,13 @@ def open_source(source: str, report: ImportReport, class_names: list[str] | None
 
 def _make_builder(name: str, data_dir: str, class_names: list[str],
                   split_iters: dict[str, Callable[[], Iterator[RawExample]]],
-                  report: ImportReport, description: str):
+                  report: ImportReport, description: str, resize_shorter: int = 0):
     import tensorflow_datasets as tfds
 
     def generate(split: str):
         for example_id, label, raw in split_iters[split]():
             try:
-                image = checked_image_bytes(raw)
+                image = checked_image_bytes(raw, resize_shorter)
             except Exception as e:  # noqa: BLE001 - any decode failure is reported, not raised
                 report.skipped.append((example_id, f"{type(e).__name__}: {e}".strip()))
                 continue
@@ -346,8 +449,13 @@ def _quiet_tfds() -> None:
 
 
 def prepare(source: str, name: str, data_dir: str | None = None, overwrite: bool = False,
-            class_names: list[str] | None = None, verbose: bool = True) -> ImportReport:
-    """Imports `source` as the TFDS ArrayRecord dataset `name` under `data_dir`; returns the report."""
+            class_names: list[str] | None = None, verbose: bool = True,
+            resize_shorter: int = 0) -> ImportReport:
+    """Imports `source` as the TFDS ArrayRecord dataset `name` under `data_dir`; returns the report.
+
+    `resize_shorter` > 0 stores a resized copy (shorter side at most that many pixels, JPEG)."""
+    if resize_shorter < 0:
+        raise DataError(f"--resize_shorter={resize_shorter} must be >= 0")
     if not _NAME_RE.match(name):
         raise DataError(f"--name={name!r}: use lowercase letters, digits and '_', starting with a letter")
     data_dir = resolve_data_dir(data_dir)
@@ -365,7 +473,8 @@ def prepare(source: str, name: str, data_dir: str | None = None, overwrite: bool
         raise DataError(f"split folder names must be identifiers, got {bad_splits}")
     report.class_names = list(names)
     builder = _make_builder(name, data_dir, names, split_iters, report,
-                            description=f"Imported by dcjax.data.prepare from {source}")
+                            description=f"Imported by dcjax.data.prepare from {source}",
+                            resize_shorter=resize_shorter)
     _quiet_tfds()
     builder.download_and_prepare()
     empty = [s for s in split_iters if report.total(s) == 0]
@@ -386,7 +495,8 @@ def main(argv: list[str]) -> None:
     flags_ = flags.FLAGS
     class_names = [c for c in (flags_.class_names or "").split(",") if c] or None
     try:
-        prepare(flags_.source, flags_.name, flags_.data_dir, flags_.overwrite, class_names)
+        prepare(flags_.source, flags_.name, flags_.data_dir, flags_.overwrite, class_names,
+                resize_shorter=flags_.resize_shorter)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -402,6 +512,8 @@ def _define_flags() -> None:
     flags.DEFINE_bool("overwrite", False, "Replace an existing dataset of the same name.")
     flags.DEFINE_string("class_names", None, "Comma-separated class names for integer labels "
                         "(IDX / .npz sources).")
+    flags.DEFINE_integer("resize_shorter", 0, "Store a resized copy: images whose shorter side is "
+                         "longer are resized to it (JPEG q90); 0 keeps them as they are.")
     flags.mark_flags_as_required(["source", "name"])
 
 

@@ -1,0 +1,43 @@
+"""Launch scripts in dry-run mode: the exact commands they would run."""
+
+import os
+import subprocess
+
+from conftest import ROOT
+
+
+def dry_run(*args, **env):
+    full = dict(os.environ, DRY_RUN="1", **env)
+    out = subprocess.run(["bash", *args], cwd=ROOT, env=full, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_local():
+    out = dry_run("launch/local.sh", "configs/cifar10.py", "runs/c", "--config.clustering.k=300")
+    assert "-m dcjax.main --config=configs/cifar10.py --workdir=runs/c" in out
+    assert out.strip().endswith("--config.clustering.k=300")
+
+
+def test_slurm_one_process_per_gpu_and_per_node():
+    out = dry_run("launch/slurm.sbatch", "configs/imagenet_alexnet.py", "/shared/r", "--config.seed=1")
+    assert out.startswith("srun --ntasks-per-node=8 --kill-on-bad-exit=1 ")
+    assert "-m dcjax.main --config=configs/imagenet_alexnet.py --workdir=/shared/r --config.seed=1" in out
+    assert "JAX_LOCAL_DEVICE_IDS" not in out
+    out = dry_run("launch/slurm.sbatch", "configs/imagenet_alexnet.py", "/shared/r", PER_NODE="1",
+                  GPUS_PER_NODE="4")
+    assert out.splitlines()[0] == "JAX_LOCAL_DEVICE_IDS=0,1,2,3"
+    assert "srun --ntasks-per-node=1 " in out
+
+
+def test_tpu_pod():
+    out = dry_run("launch/tpu_pod.sh", "run", "configs/imagenet_alexnet.py", "/mnt/runs/a",
+                  "--config.seed=2", TPU_NAME="v4-32", ZONE="us-central2-b")
+    assert out.startswith("gcloud compute tpus tpu-vm ssh v4-32 --zone=us-central2-b --worker=all")
+    assert "dcjax.main" in out and "--workdir=/mnt/runs/a" in out and "--config.seed=2" in out
+    out = dry_run("launch/tpu_pod.sh", "setup", TPU_NAME="v4-32", ZONE="z", REPO="https://x/y.git")
+    assert "git\\ clone\\ https://x/y.git" in out and "requirements.txt" in out
+    bad = subprocess.run(["bash", "launch/tpu_pod.sh", "fly"], cwd=ROOT, capture_output=True,
+                         text=True, env=dict(os.environ, TPU_NAME="t", ZONE="z"))
+    assert bad.returncode == 2 and "unknown action" in bad.stderr
