@@ -8,8 +8,9 @@ Every combination of the --sweep values (their product) becomes one run in ROOT/
 trained with `python -m dcjax.main` and then evaluated with `python -m dcjax.evaluate` for each
 protocol in --eval. A run or evaluation whose result file already exists is skipped, so rerunning
 the same command resumes an interrupted sweep. At the end each run's final metrics are collected
-into ROOT/sweep.csv and ROOT/sweep.md. --print_only prints the commands (one line each, to paste
-into a job array or scheduler) and runs nothing; --collect_only only builds the tables.
+into ROOT/sweep.csv and ROOT/sweep.md (and, for a single swept field, ROOT/sweep.png).
+--print_only prints the commands (one line each, to paste into a job array or scheduler) and runs
+nothing; --collect_only only builds the tables.
 """
 
 from __future__ import annotations
@@ -108,6 +109,40 @@ def write_tables(root: Path, rows: list[dict]) -> tuple[Path, Path]:
     return root / "sweep.csv", root / "sweep.md"
 
 
+def plot(root: Path, key: str, rows: list[dict]) -> Path | None:
+    """ROOT/sweep.png: the final metrics against the one swept field (log axis when numeric)."""
+    metrics = [("linear_best", "linear probe, best layer"), ("knn_fc7", "kNN top-1, fc7"),
+               ("final_nmi_labels", "NMI(k-means of final net, labels)")]
+    present = [(m, label) for m, label in metrics if any(r.get(m) is not None for r in rows)]
+    if not present:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    try:
+        xs = [float(r[key]) for r in rows]
+        numeric = all(x > 0 for x in xs)
+    except ValueError:
+        xs, numeric = list(range(len(rows))), False
+    fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.4), squeeze=False)
+    for ax, (m, label) in zip(axes[0], present):
+        points = [(x, r[m]) for x, r in zip(xs, rows) if r.get(m) is not None]
+        ax.plot(*zip(*points), marker="o")
+        if numeric:
+            ax.set_xscale("log")
+        else:
+            ax.set_xticks(xs, [r[key] for r in rows])
+        ax.set_xlabel(key)
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(root / "sweep.png", dpi=100)
+    plt.close(fig)
+    return root / "sweep.png"
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -144,8 +179,12 @@ def main(argv: list[str]) -> None:
         return
     root.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = write_tables(root, rows)
-    print((md_path).read_text(), end="")
-    print(f"written: {csv_path}, {md_path}")
+    written = [str(csv_path), str(md_path)]
+    if len(FLAGS.sweep) == 1:
+        png = plot(root, parse_axis(FLAGS.sweep[0])[0], rows)
+        written += [str(png)] if png else []
+    print(md_path.read_text(), end="")
+    print(f"written: {', '.join(written)}")
 
 
 if __name__ == "__main__":

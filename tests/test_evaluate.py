@@ -16,10 +16,10 @@ from sklearn.neighbors import KNeighborsClassifier
 from dcjax.clustering.kmeans import init_centroids
 from dcjax.config_lib import ConfigError, load_config_file
 from dcjax.data.prepare import prepare
-from dcjax.evaluate.__main__ import evaluate
 from dcjax.evaluate.knn import knn_predict
 from dcjax.evaluate.linear import Pooling, adaptive_matrix, choose_pooling
 from dcjax.evaluate.protocols import cluster_quality
+from dcjax.evaluate.run import evaluate
 from dcjax.train import train_and_evaluate
 
 
@@ -210,5 +210,17 @@ def test_sweep_of_two_values(tmp_path):
     assert [r["clustering.k"] for r in rows] == ["5", "10"]
     assert all(0.0 < float(r["knn_fc7"]) <= 1.0 and r["final_nmi_labels"] for r in rows)
     assert "| clustering.k |" in (root / "sweep.md").read_text()
+    assert (root / "sweep.png").stat().st_size > 1000
     again = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stdout.count("done already") == 4
+
+
+def test_table_gathers_the_rows(trained_run):
+    from dcjax.evaluate.table import table
+
+    evaluate(digits_smoke(), str(trained_run), "knn", init="random")
+    text = table(trained_run)
+    lines = text.splitlines()
+    assert lines[0].startswith("| features | conv1 |") and len(lines) == 5
+    assert lines[2].startswith("| DeepCluster | ") and "-" not in lines[2].split("|")[2]
+    assert lines[3].startswith("| random init | - |")  # only its kNN was run

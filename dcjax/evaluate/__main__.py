@@ -19,8 +19,8 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from dcjax import distributed  # noqa: E402
+from dcjax.evaluate.run import PROTOCOLS  # noqa: E402
 
-PROTOCOLS = ("linear", "knn", "clustering")
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file; default: the run's own "
                                 "config (RUN/config.json).", lock_config=True)
@@ -34,57 +34,6 @@ distributed.define_flags()
 flags.mark_flags_as_required(["workdir", "protocol"])
 
 
-def result_name(protocol: str, init: str, features: str) -> str:
-    if features == "pixels":
-        return f"{protocol}_pixels"
-    return protocol if init == "trained" else f"{protocol}_{init}"
-
-
-def format_result(protocol: str, result: dict) -> str:
-    if protocol == "linear":
-        lines = ["| layer | dim | pooling | top-1 |", "|---|---|---|---|"]
-        lines += [f"| {name} | {r['dim']} | {r['pooling']} | {100 * r['top1']:.2f} |"
-                  for name, r in result["layers"].items()]
-    elif protocol == "knn":
-        lines = [f"| features | kNN top-1 (k={result['k']}, {result['weights']}) |", "|---|---|"]
-        lines += [f"| {name} | {100 * v:.2f} |" for name, v in result["features"].items()]
-    else:
-        lines = ["| features | k | NMI | ARI | accuracy |", "|---|---|---|---|---|",
-                 f"| {result['features']} | {result['k']} | {result['nmi']:.4f} | "
-                 f"{result['ari']:.4f} | {100 * result['accuracy']:.2f} |"]
-    return "\n".join(lines)
-
-
-def evaluate(config, workdir: str, protocol: str, init: str = "trained", features: str = "network",
-             step: int | None = None) -> dict:
-    import jax
-
-    from dcjax.clustering.sharding import default_mesh
-    from dcjax.evaluate import common, linear, protocols
-
-    mesh = default_mesh()
-    splits = common.open_splits(config)
-    net = None
-    if features == "network":
-        net = common.load_network(config, workdir, init, step, mesh)
-    if protocol == "linear":
-        result = (linear.pixel_probe(config, splits, mesh) if net is None
-                  else linear.linear_probe(config, net, splits, mesh))
-    elif protocol == "knn":
-        result = protocols.knn_protocol(config, net, splits, mesh)
-    else:
-        result = protocols.clustering_protocol(config, net, splits, mesh)
-    result = {"protocol": protocol, "init": init if net is not None else None,
-              "features": features, "checkpoint_step": net.step if net is not None else None,
-              "dataset": config.data.name, "eval_split": config.data.eval_split,
-              "devices": jax.device_count(), **result}
-    path = common.write_result(workdir, result_name(protocol, init, features), result)
-    if jax.process_index() == 0:
-        print(format_result(protocol, result))
-        print(f"written to {path}")
-    return result
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -92,6 +41,7 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     from dcjax.config_lib import ConfigError
     from dcjax.data.datasets import DataError
+    from dcjax.evaluate.run import evaluate
 
     try:
         distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)

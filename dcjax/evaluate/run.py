@@ -1,0 +1,63 @@
+"""`evaluate(config, workdir, protocol, init, features, step)`: one protocol on one run, its result
+written to RUN/eval/<name>.json and printed as a table (the command line is `__main__`)."""
+
+from __future__ import annotations
+
+PROTOCOLS = ("linear", "knn", "clustering")
+
+
+def result_name(protocol: str, init: str, features: str) -> str:
+    if features == "pixels":
+        return f"{protocol}_pixels"
+    return protocol if init == "trained" else f"{protocol}_{init}"
+
+
+def format_result(protocol: str, result: dict) -> str:
+    if protocol == "linear":
+        lines = ["| layer | dim | pooling | top-1 |", "|---|---|---|---|"]
+        lines += [f"| {name} | {r['dim']} | {r['pooling']} | {100 * r['top1']:.2f} |"
+                  for name, r in result["layers"].items()]
+    elif protocol == "knn":
+        lines = [f"| features | kNN top-1 (k={result['k']}, {result['weights']}) |", "|---|---|"]
+        lines += [f"| {name} | {100 * v:.2f} |" for name, v in result["features"].items()]
+    else:
+        lines = ["| features | k | NMI | ARI | accuracy |", "|---|---|---|---|---|",
+                 f"| {result['features']} | {result['k']} | {result['nmi']:.4f} | "
+                 f"{result['ari']:.4f} | {100 * result['accuracy']:.2f} |"]
+    return "\n".join(lines)
+
+
+def evaluate(config, workdir: str, protocol: str, init: str = "trained", features: str = "network",
+             step: int | None = None) -> dict:
+    import jax
+
+    from dcjax.clustering.sharding import default_mesh
+    from dcjax.config_lib import ConfigError
+    from dcjax.evaluate import common, linear, protocols
+
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol {protocol!r} must be one of {PROTOCOLS}")
+    if features not in ("network", "pixels"):
+        raise ConfigError(f"features {features!r} must be 'network' or 'pixels'")
+
+    mesh = default_mesh()
+    splits = common.open_splits(config)
+    net = None
+    if features == "network":
+        net = common.load_network(config, workdir, init, step, mesh)
+    if protocol == "linear":
+        result = (linear.pixel_probe(config, splits, mesh) if net is None
+                  else linear.linear_probe(config, net, splits, mesh))
+    elif protocol == "knn":
+        result = protocols.knn_protocol(config, net, splits, mesh)
+    else:
+        result = protocols.clustering_protocol(config, net, splits, mesh)
+    result = {"protocol": protocol, "init": init if net is not None else None,
+              "features": features, "checkpoint_step": net.step if net is not None else None,
+              "dataset": config.data.name, "eval_split": config.data.eval_split,
+              "devices": jax.device_count(), **result}
+    path = common.write_result(workdir, result_name(protocol, init, features), result)
+    if jax.process_index() == 0:
+        print(format_result(protocol, result))
+        print(f"written to {path}")
+    return result

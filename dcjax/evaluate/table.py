@@ -1,0 +1,64 @@
+r"""The paper's Table 1 for one run, from its eval/*.json: `python -m dcjax.evaluate.table --workdir=RUN`.
+
+Rows: DeepCluster (the run's checkpoint), random init (`--init=random`), raw pixels
+(`--features=pixels`); columns: linear-probe top-1 of each conv layer (pixels: one column), kNN top-1
+on fc7 and PCA-whitened fc7, and NMI of k-means with k = #classes on the held-out split. Missing
+evaluations print as '-'.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+ROWS = (("DeepCluster", ""), ("random init", "_random"), ("raw pixels", "_pixels"))
+
+
+def _load(workdir: Path, name: str) -> dict | None:
+    path = workdir / "eval" / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def table(workdir: str | Path) -> str:
+    workdir = Path(workdir)
+    layers: list[str] = []
+    for _, suffix in ROWS:
+        lin = _load(workdir, f"linear{suffix}")
+        for name in (lin or {}).get("layers", {}):
+            if name not in layers and name != "pixels":
+                layers.append(name)
+    header = ["features", *layers, "linear on pixels", "kNN", "kNN (PCA-whitened)", "k-means NMI"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, suffix in ROWS:
+        lin, knn, clu = (_load(workdir, f"{p}{suffix}") for p in ("linear", "knn", "clustering"))
+        cells = [label]
+        for name in [*layers, "pixels"]:
+            r = (lin or {}).get("layers", {}).get(name)
+            cells.append("-" if r is None else f"{100 * r['top1']:.2f}")
+        feats = (knn or {}).get("features", {})
+        raw = [v for k, v in feats.items() if not k.endswith("_pca_whitened")]
+        white = [v for k, v in feats.items() if k.endswith("_pca_whitened")]
+        cells.append(f"{100 * raw[0]:.2f}" if raw else "-")
+        cells.append(f"{100 * white[0]:.2f}" if white else "-")
+        cells.append(f"{clu['nmi']:.4f}" if clu else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    workdir = Path(flags.FLAGS.workdir)
+    if not (workdir / "eval").is_dir():
+        print(f"error: {workdir / 'eval'} does not exist: run python -m dcjax.evaluate first",
+              file=sys.stderr)
+        sys.exit(2)
+    print(table(workdir))
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("workdir", None, "A run's directory with eval/*.json.")
+    flags.mark_flag_as_required("workdir")
+    app.run(main)
