@@ -32,6 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.log_every_steps = 100
     c.pixel_baseline = False  # at the end, k-means NMI of raw pixels (same k) for comparison
+    c.visualize_every_epochs = 10  # cluster grid + conv1 filters (plots/); also for the final net
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "imagenet2012"

@@ -149,12 +149,13 @@ def cluster(run: Run, state: TrainState, epoch: int, previous: np.ndarray | None
     t3 = time.time()
     assignment = np.empty(run.num_images, np.int32)
     assignment[image[valid]] = result.assignment[valid]
-    _, distance = assign(reduced, result.centroids, chunk_size=c.clustering.chunk_size,
-                         mesh=run.mesh)
-    if jax.process_index() == 0:
-        dist = np.empty(run.num_images, np.float32)
-        dist[image[valid]] = distance[valid]
-        write_cluster_grid(run, assignment, dist, epoch)
+    if visualize(c, epoch):
+        _, distance = assign(reduced, result.centroids, chunk_size=c.clustering.chunk_size,
+                             mesh=run.mesh)
+        if jax.process_index() == 0:
+            dist = np.empty(run.num_images, np.float32)
+            dist[image[valid]] = distance[valid]
+            write_cluster_grid(run, assignment, dist, epoch)
     record = {
         "kmeans_objective": float(result.objective[-1]),
         "kmeans_splits": result.num_splits,
@@ -164,6 +165,13 @@ def cluster(run: Run, state: TrainState, epoch: int, previous: np.ndarray | None
         "time_extract": t1 - t0, "time_pca": t2 - t1, "time_kmeans": t3 - t2,
     }
     return assignment, record
+
+
+def visualize(config: ml_collections.ConfigDict, epoch: int) -> bool:
+    """Whether the image plots (cluster grid, conv1 filters) are drawn for `epoch`: every
+    `visualize_every_epochs` epochs and for the final network (epoch == num_epochs)."""
+    every = config.get("visualize_every_epochs", 10)
+    return epoch == config.num_epochs or (every > 0 and epoch % every == 0)
 
 
 def write_cluster_grid(run: Run, assignment: np.ndarray, distance: np.ndarray, epoch: int,
@@ -342,9 +350,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             writer.write_epoch(record)
             if lead:
                 write_epoch_plots(run.workdir, history, assignment, c.clustering.k)
-                plot_filters(jax.device_get(state.params["conv1"]["kernel"]),
-                             run.workdir / "plots" / "conv1_filters.png",
-                             f"conv1 filters after epoch {epoch}")
+                if visualize(c, epoch + 1):
+                    plot_filters(jax.device_get(state.params["conv1"]["kernel"]),
+                                 run.workdir / "plots" / "conv1_filters.png",
+                                 f"conv1 filters after epoch {epoch}")
                 print(format_record(record))
     finally:
         for s, handler in previous_handlers.items():
