@@ -34,6 +34,7 @@ from dcjax.clustering.sharding import AXIS, default_mesh
 from dcjax.config_lib import ConfigError, validate, validate_against_data
 from dcjax.data import pipeline
 from dcjax.data.datasets import DatasetInfo, open_split
+from dcjax.evaluate.common import loader_options
 from dcjax.evaluate.features import extract, progress, write_rows_fn
 from dcjax.models import create_model
 from dcjax.plots import (
@@ -109,9 +110,7 @@ class Run:
         return jax.make_array_from_process_local_data(self.rows, local)
 
     def loader_options(self) -> dict:
-        d = self.config.data
-        return dict(process_index=jax.process_index(), process_count=jax.process_count(),
-                    num_threads=d.num_threads, prefetch=d.prefetch, num_workers=d.num_workers)
+        return loader_options(self.config)
 
 
 # ======================================================================== the method's steps
@@ -419,16 +418,13 @@ def format_record(r: dict) -> str:
 def pixel_baseline(run: Run) -> float:
     """NMI with the true labels of k-means (same k, same iterations) on the raw pixels of the
     deterministic view: what DeepCluster's features must beat."""
+    from dcjax.evaluate.linear import pixel_arrays
+
     c = run.config
-    images, labels = [], []
     # Runs on process 0 alone (all rows, its own devices), so it is the same with any process count.
-    options = dict(run.loader_options(), process_index=0, process_count=1)
-    for batch in pipeline.ordered_batches(run.source, view_config(c), c.batch_size, **options):
-        images.append(batch["image"][batch["mask"]].reshape(int(batch["mask"].sum()), -1))
-        labels.append(batch["label"][batch["mask"]])
-    x = np.concatenate(images).astype(np.float32) / 255.0
+    x, labels = pixel_arrays(c, run.source)
     result = run_kmeans(x, c.clustering.k, backend=c.clustering.backend,
                         iterations=c.clustering.iterations, seed=c.seed,
                         chunk_size=c.clustering.chunk_size,
                         mesh=Mesh(np.array(jax.local_devices()), (AXIS,)))
-    return metrics.nmi(np.concatenate(labels), result.assignment)
+    return metrics.nmi(labels, result.assignment)

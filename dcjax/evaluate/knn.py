@@ -96,8 +96,6 @@ def knn_predict(bank, bank_labels: np.ndarray, queries: np.ndarray, num_classes:
         bank = jax.jit(lambda b: jnp.pad(b.astype(jnp.float32), ((0, pad), (0, 0))),
                        out_shardings=rows)(bank)
     labels_dev = put(bank_labels, rows)
-    if k > bank.shape[0] // ndev * ndev:
-        raise ValueError(f"kNN k={k} exceeds the bank size")
     out = []
     nq = queries.shape[0]
     chunk = min(chunk_size, nq)

@@ -42,11 +42,8 @@ def knn_scores(config: ml_collections.ConfigDict, bank, bank_labels: np.ndarray,
     dim = min(cl.pca_dim, queries.shape[1])
     reduced, pca = pca_whiten(bank, dim, chunk_size=cl.chunk_size, mesh=mesh, valid=bank_valid)
     q = np.asarray(apply_pca(pca, queries, chunk_size=cl.chunk_size, mesh=mesh))
-    labels = np.asarray(bank_labels)
-    if reduced.shape[0] != labels.shape[0]:
-        reduced = reduced[: labels.shape[0]]
-    predicted = knn_predict(reduced, labels, q, num_classes, k=e.knn_k, weights=e.knn_weights,
-                            mesh=mesh)
+    predicted = knn_predict(reduced, np.asarray(bank_labels), q, num_classes, k=e.knn_k,
+                            weights=e.knn_weights, mesh=mesh)
     out["pca_whitened"] = float(np.mean(predicted == query_labels))
     out["pca_dim"] = dim
     return out
