@@ -14,7 +14,8 @@ from conftest import ROOT
 
 from dcjax.config_lib import load_config_file
 from dcjax.data.datasets import open_split
-from dcjax.evaluate.common import load_network
+from dcjax.evaluate.common import config_from_run, load_network
+from dcjax.evaluate.run import evaluate
 from dcjax.train import train_and_evaluate
 
 # Re-clustering every 2 epochs: both epochs train on the epoch-0 pseudo-labels, so the comparison
@@ -41,18 +42,13 @@ def records(workdir):
              if not k.startswith("time_") and "per_sec" not in k} for line in lines]
 
 
-@pytest.mark.slow
-def test_two_processes_match_one_process(tmp_path):
-    assert jax.device_count() == 4
-    open_split("digits", "train")  # import the embedded dataset once, before two processes read it
-    multi, single = tmp_path / "multi", tmp_path / "single"
+def run_two_processes(args: list[str]) -> list[str]:
+    """`python -m <args>` as processes 0 and 1 of one job, 2 fake CPU devices each; their outputs."""
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS="--xla_force_host_platform_device_count=2")
     port = free_port()
-    overrides = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "dcjax.main", "--config=configs/digits.py:smoke",
-         f"--workdir={multi}", *overrides, f"--coordinator_address=localhost:{port}",
+        [sys.executable, "-m", *args, f"--coordinator_address=localhost:{port}",
          "--num_processes=2", f"--process_id={i}"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(2)]
@@ -66,6 +62,17 @@ def test_two_processes_match_one_process(tmp_path):
             raise
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-3000:]
+    return outputs
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+    assert jax.device_count() == 4
+    open_split("digits", "train")  # import the embedded dataset once, before two processes read it
+    multi, single = tmp_path / "multi", tmp_path / "single"
+    overrides = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+    outputs = run_two_processes(["dcjax.main", "--config=configs/digits.py:smoke",
+                                 f"--workdir={multi}", *overrides])
     # Process 0 alone reports; both took part (each saw 2 of the 4 devices).
     assert "final nmi_labels" in outputs[0] and "final nmi_labels" not in outputs[1]
 
@@ -89,3 +96,24 @@ def test_two_processes_match_one_process(tmp_path):
     summary = json.loads((multi / "summary.json").read_text())
     assert 0.0 <= summary["final_nmi_labels"] <= 1.0 and "pixel_kmeans_nmi_labels" in summary
     assert (multi / "plots" / "clusters.png").exists()
+
+    # Evaluation of the same checkpoint: 2 processes x 2 devices (bank and features row-sharded
+    # across processes) against this process's 4 devices.
+    eval_overrides = ["--config.eval.linear_epochs=1", "--config.eval.batch_size=64"]
+    for protocol in ("knn", "clustering", "linear"):
+        outputs = run_two_processes(["dcjax.evaluate", f"--workdir={multi}",
+                                     f"--protocol={protocol}", *eval_overrides])
+        assert "written to" in outputs[0] and "written to" not in outputs[1]
+        got = json.loads((multi / "eval" / f"{protocol}.json").read_text())
+        c = config_from_run(multi)
+        c.eval.linear_epochs, c.eval.batch_size = 1, 64
+        want = evaluate(c, str(multi), protocol)
+        assert got["devices"] == want["devices"] == 4
+        if protocol == "knn":
+            assert got["features"] == pytest.approx(want["features"], abs=2e-3)
+        elif protocol == "clustering":
+            for key in ("nmi", "ari", "accuracy"):
+                assert got[key] == pytest.approx(want[key], abs=2e-3), key
+        else:
+            for layer, r in want["layers"].items():
+                assert got["layers"][layer]["top1"] == pytest.approx(r["top1"], abs=1e-2), layer
