@@ -44,10 +44,14 @@ def make_data(n: int, d: int, seed: int = 0, centers: int = 2000) -> np.ndarray:
     rng = np.random.default_rng(seed)
     c = rng.standard_normal((centers, d), dtype=np.float32) * 2.0
     x = np.empty((n, d), np.float32)
+    rows = max(1, (1 << 22) // d)  # 16 MB temporaries; the same values as one block of 65,536
     for start in range(0, n, 65536):
         stop = min(n, start + 65536)
-        x[start:stop] = c[rng.integers(0, centers, stop - start)]
-        x[start:stop] += rng.standard_normal((stop - start, d), dtype=np.float32)
+        label = rng.integers(0, centers, stop - start)
+        for i in range(start, stop, rows):
+            j = min(stop, i + rows)
+            x[i:j] = c[label[i - start:j - start]]
+            x[i:j] += rng.standard_normal((j - i, d), dtype=np.float32)
     return x
 
 

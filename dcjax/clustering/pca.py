@@ -69,11 +69,20 @@ def fit_pca(features, dim: int, *, chunk_size: int = 8192, mesh: Mesh | None = N
 
     `valid` [N] bool: fit on those rows only (padding rows of a feature buffer are left out).
     """
+    n = _check(features, dim, valid)
+    x, mask, mesh, chunk = shard_rows(features, chunk_size, mesh, valid)
+    return _fit_sharded(x, mask, mesh, chunk, n, dim)
+
+
+def _check(features, dim: int, valid) -> int:
     rows, d = check_features(features, "features")
     n = check_valid(valid, rows)
     if not 1 <= dim <= d:
         raise ValueError(f"PCA dimension {dim} must be between 1 and the feature dimension {d}")
-    x, mask, mesh, chunk = shard_rows(features, chunk_size, mesh, valid)
+    return n
+
+
+def _fit_sharded(x, mask, mesh: Mesh, chunk: int, n: int, dim: int) -> PCA:
     mean, cov = _fit(x, mask, mesh=mesh, chunk=chunk, n=n)
     eigenvalues, vectors = jnp.linalg.eigh(cov)
     order = jnp.argsort(eigenvalues)[::-1][:dim]
@@ -124,6 +133,14 @@ def apply_pca(pca: PCA, features, *, whiten: bool = True, l2_normalize: bool = T
 
 def pca_whiten(features, dim: int, *, chunk_size: int = 8192, mesh: Mesh | None = None,
                valid: np.ndarray | None = None) -> tuple[jax.Array, PCA]:
-    """DeepCluster's reduction: PCA to `dim` with whitening, then L2-normalised rows: [N, dim]."""
-    pca = fit_pca(features, dim, chunk_size=chunk_size, mesh=mesh, valid=valid)
-    return apply_pca(pca, features, chunk_size=chunk_size, mesh=mesh), pca
+    """DeepCluster's reduction: PCA to `dim` with whitening, then L2-normalised rows: [N, dim].
+
+    Host features are copied to the devices once, for both the fit and the projection.
+    """
+    n = _check(features, dim, valid)
+    rows = features.shape[0]
+    x, mask, mesh, chunk = shard_rows(features, chunk_size, mesh, valid)
+    pca = _fit_sharded(x, mask, mesh, chunk, n, dim)
+    y = _apply_sharded(x, pca.mean, pca.components, pca.eigenvalues, mesh=mesh, chunk=chunk,
+                       whiten=True, l2_normalize=True)
+    return (y if y.shape[0] == rows else y[:rows]), pca

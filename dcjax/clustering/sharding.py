@@ -34,8 +34,10 @@ def check_features(x, name: str = "features") -> tuple[int, int]:
     n, d = x.shape
     if n == 0 or d == 0:
         raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
-    if isinstance(x, np.ndarray):
-        bad = int(np.count_nonzero(~np.isfinite(x).all(axis=1)))
+    if isinstance(x, np.ndarray):  # in row blocks: no N x D boolean temporary
+        step = max(1, (1 << 24) // d)
+        bad = sum(int(np.count_nonzero(~np.isfinite(x[i:i + step]).all(axis=1)))
+                  for i in range(0, n, step))
     else:
         bad = int(jax.jit(lambda a: jnp.sum(~jnp.all(jnp.isfinite(a), axis=1)))(x))
     if bad:
