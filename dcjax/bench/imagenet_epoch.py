@@ -32,6 +32,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from dcjax.bench.common import machine, network_rates  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "alexnet", "Architecture (alexnet: the ImageNet geometry).")
 flags.DEFINE_integer("image_size", 224, "Input size.")
@@ -50,55 +52,6 @@ flags.DEFINE_float("paper_minutes", 12 * 24 * 60 / 500, "The original's minutes 
 flags.DEFINE_string("json", "", "Write the measurements and projections here.")
 
 PAPER = "original (paper): 12 days / 500 epochs, 1 P100"
-
-
-def device_name() -> str:
-    dev = jax.devices()[0]
-    kind = dev.device_kind if dev.platform != "cpu" else "cpu"
-    return f"{jax.device_count()} x {dev.platform} ({kind})"
-
-
-def _timed(fn, steps: int) -> float:
-    """Seconds per call of `fn` (which returns something to block on), after 2 warm-up calls."""
-    for _ in range(2):
-        jax.block_until_ready(fn())
-    t = time.perf_counter()
-    for _ in range(steps):
-        out = fn()
-    jax.block_until_ready(out)
-    return (time.perf_counter() - t) / steps
-
-
-def network_rates(dtype: str) -> tuple[float, float]:
-    """(train images/s, extraction images/s) of the model in `dtype`, on one device."""
-    from dcjax.config_lib import base_config
-    from dcjax.models import create_model
-    from dcjax.step import create_train_state, make_feature_fn, make_train_step
-
-    config = base_config()
-    config.data.image_size = FLAGS.image_size
-    config.model.dtype = dtype
-    model = create_model(FLAGS.model, FLAGS.k, image_size=FLAGS.image_size,
-                         fc_dim=FLAGS.feature_dim, dtype=jnp.dtype(dtype))
-    state = create_train_state(model, config, jax.random.key(0))
-    rng = np.random.default_rng(0)
-    shape = (FLAGS.batch, FLAGS.image_size, FLAGS.image_size, 3)
-    images = jnp.asarray(rng.integers(0, 255, shape, dtype=np.uint8))
-    labels = jnp.asarray(rng.integers(0, FLAGS.k, FLAGS.batch).astype(np.int32))
-    key = jax.random.key(1)
-
-    feature_fn = jax.jit(make_feature_fn(model))
-    extract = _timed(lambda: feature_fn(state.params, state.batch_stats, images), FLAGS.steps)
-
-    step = jax.jit(make_train_step(model, config), donate_argnums=0)
-    holder = [state]
-
-    def train():
-        holder[0], metrics = step(holder[0], images, labels, key)
-        return metrics
-
-    train_s = _timed(train, FLAGS.steps)
-    return FLAGS.batch / train_s, FLAGS.batch / extract
 
 
 def _sharded_normal(rows: int, dim: int, seed: int) -> tuple[jax.Array, np.ndarray]:
@@ -151,12 +104,14 @@ def project(m: dict, devices: int) -> dict:
 
 def main(argv):
     del argv
-    print(f"devices: {device_name()}; jax {jax.__version__}; model {FLAGS.model} "
+    print(f"devices: {machine()}; jax {jax.__version__}; model {FLAGS.model} "
           f"{FLAGS.image_size} px, batch {FLAGS.batch}, head k = {FLAGS.k}")
     measured = []
     pca_s, kmeans_s, objective = clustering_seconds()
     for dtype in FLAGS.dtypes:
-        train_ips, extract_ips = network_rates(dtype)
+        train_ips, extract_ips = network_rates(
+            FLAGS.model, FLAGS.image_size, FLAGS.batch, FLAGS.k, FLAGS.steps,
+            fc_dim=FLAGS.feature_dim, dtype=dtype, extraction=True)
         measured.append(dict(dtype=dtype, train_ips=train_ips, extract_ips=extract_ips,
                              pca_s=pca_s, kmeans_s=kmeans_s, kmeans_objective=objective,
                              cluster_rows=FLAGS.cluster_rows, cluster_devices=jax.device_count()))
@@ -165,7 +120,7 @@ def main(argv):
           f"PCA and k-means sharded over {jax.device_count()})")
     print("| dtype | train img/s | extraction img/s | PCA "
           f"{FLAGS.feature_dim}->{FLAGS.pca_dim} s | k-means s |")
-    print(f"|---|---|---|---|---|")
+    print("|---|---|---|---|---|")
     for m in measured:
         print(f"| {m['dtype']} | {m['train_ips']:,.0f} | {m['extract_ips']:,.0f} | "
               f"{m['pca_s']:.2f} | {m['kmeans_s']:.2f} |")
@@ -187,7 +142,7 @@ def main(argv):
     print(f"| {PAPER} | 1 | | | | | {FLAGS.paper_minutes:.1f} | 1.0x |")
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:
-            json.dump(dict(devices=device_name(), measured=measured, projected=projections,
+            json.dump(dict(devices=machine(), measured=measured, projected=projections,
                            paper_minutes=FLAGS.paper_minutes), f, indent=1)
 
 

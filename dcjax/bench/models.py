@@ -14,7 +14,6 @@ Prints two Markdown tables:
 from __future__ import annotations
 
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -23,6 +22,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
+
+from dcjax.bench.common import machine, network_rates  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("steps", 10, "Timed train steps per model (after 2 warm-up steps).")
@@ -34,12 +35,6 @@ flags.DEFINE_bool("skip_torch", False, "Do not run the PyTorch reference.")
 flags.DEFINE_bool("skip_pipeline", False, "Do not measure the input pipeline.")
 flags.DEFINE_string("shared_data", str(Path(__file__).resolve().parents[3] / "shared" / "data"),
                     "Folder with cifar10-jpg.tar.gz and imagenette-128.tar.gz.")
-
-
-def machine() -> str:
-    dev = jax.devices()[0]
-    kind = dev.device_kind if dev.platform != "cpu" else platform.processor() or "cpu"
-    return f"{jax.device_count()} x {dev.platform} ({kind}), {os.cpu_count()} host cores"
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -89,32 +84,6 @@ def bench_pipeline() -> list[tuple]:
 
 
 # --------------------------------------------------------------------------- train step
-
-
-def bench_jax_step(name: str, size: int, batch: int, k: int, widths=None, fc_dim=4096) -> float:
-    import ml_collections
-
-    from dcjax.config_lib import base_config
-    from dcjax.models import create_model
-    from dcjax.step import create_train_state, make_train_step
-
-    config: ml_collections.ConfigDict = base_config()
-    config.data.image_size = size
-    model = create_model(name, k, image_size=size, widths=widths, fc_dim=fc_dim)
-    state = create_train_state(model, config, jax.random.key(0))
-    step = jax.jit(make_train_step(model, config), donate_argnums=0)
-    rng = np.random.default_rng(0)
-    images = jax.numpy.asarray(rng.integers(0, 255, (batch, size, size, 3), dtype=np.uint8))
-    labels = jax.numpy.asarray(rng.integers(0, k, batch).astype(np.int32))
-    key = jax.random.key(1)
-    for _ in range(2):
-        state, metrics = step(state, images, labels, key)
-    jax.block_until_ready(metrics)
-    t = time.perf_counter()
-    for _ in range(FLAGS.steps):
-        state, metrics = step(state, images, labels, key)
-    jax.block_until_ready(metrics)
-    return FLAGS.steps * batch / (time.perf_counter() - t)
 
 
 def _torch_reference(size: int, k: int, widths, fc_dim: int):
@@ -220,7 +189,7 @@ def main(argv):
     cases = [("alexnet", 224, FLAGS.batch_224, 10000, None, 4096),
              ("alexnet_small", 32, FLAGS.batch_32, 100, None, 2048)]
     for name, size, batch, k, widths, fc_dim in cases:
-        ours = bench_jax_step(name, size, batch, k, widths, fc_dim)
+        ours = network_rates(name, size, batch, k, FLAGS.steps, widths=widths, fc_dim=fc_dim)[0]
         ref = bench_torch_step(size, batch, k, widths, fc_dim) if torch_ok else float("nan")
         ratio = f"{ours / ref:.2f}x" if torch_ok else "-"
         ref_s = f"{ref:,.1f}" if torch_ok else torch_version
