@@ -6,10 +6,9 @@ Import once from the JPEG tarball shipped beside the project:
     python -m dcjax.main --config=configs/cifar10.py --workdir=runs/cifar10
 
 `:cpu` is the same method narrowed for a 2-core CPU: about 110 s an epoch there (22 min 21 s for its
-12 epochs, measured; docs/results.md). The full config's network trains at about 168 img/s on that
-CPU (`python -m dcjax.bench.models`, alexnet_small 32 px, batch 128), i.e. roughly 5 min of training
-per epoch plus extraction, some 3 hours for its 30 epochs (estimated, not run). `:smoke` shrinks it
-for a quick check.
+12 epochs, measured; docs/results.md). The full config takes about 400 s an epoch on that CPU
+(measured: 310-330 s of training, 70-75 s of extraction, 2.5 s of PCA and k-means), some 3 h 20 min
+for its 30 epochs; docs/evaluation.md evaluates it after 20. `:smoke` shrinks it for a quick check.
 """
 
 from dcjax.config_lib import base_config
