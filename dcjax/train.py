@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from dcjax import metrics
@@ -235,7 +236,7 @@ def train_epoch(run: Run, state: TrainState, epoch: int, indices: np.ndarray,
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss} at epoch {epoch}, batch {done}")
             writer.write_scalars(global_step, {"train/loss": loss})
-        if stop["signal"]:
+        if stop_agreed(stop, done, steps, c.log_every_steps):
             checkpoint(done)
             raise Interrupted(stop["signal"])
         if c.checkpoint_every_steps and global_step % c.checkpoint_every_steps == 0 and done < steps:
@@ -243,6 +244,25 @@ def train_epoch(run: Run, state: TrainState, epoch: int, indices: np.ndarray,
     partial.update(loss_sum=float(loss_sum), acc_sum=float(acc_sum), steps=steps,
                    time_train=partial.get("time_train", 0.0) + time.time() - t0)
     return state
+
+
+def stop_agreed(stop: dict, done: int, steps: int, every: int) -> bool:
+    """Whether to checkpoint and stop after batch `done` of `steps`.
+
+    One process stops at the first batch after a signal. Across processes a signal (SLURM's or a
+    TPU VM's preemption notice) reaches each process at its own moment, and the checkpoint they then
+    write is collective, so they agree first: every `every` batches and at the epoch's last one
+    (where the loss is read back anyway) each process shares its flag, and all stop if any got a
+    signal, at the same batch.
+    """
+    if jax.process_count() == 1:
+        return bool(stop["signal"])
+    if done % every and done != steps:
+        return False
+    signum = int(np.max(multihost_utils.process_allgather(np.int32(stop["signal"]))))
+    if signum:
+        stop["signal"] = signum
+    return bool(signum)
 
 
 def _mix(seed: int, epoch: int) -> int:

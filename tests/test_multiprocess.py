@@ -4,8 +4,10 @@ localhost (gloo collectives) against 1 process x 4 devices, same config, same re
 import json
 import os
 import socket
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -42,16 +44,19 @@ def records(workdir):
              if not k.startswith("time_") and "per_sec" not in k} for line in lines]
 
 
-def run_two_processes(args: list[str]) -> list[str]:
-    """`python -m <args>` as processes 0 and 1 of one job, 2 fake CPU devices each; their outputs."""
+def start_two_processes(args: list[str]) -> list[subprocess.Popen]:
+    """`python -m <args>` as processes 0 and 1 of one job, 2 fake CPU devices each."""
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS="--xla_force_host_platform_device_count=2")
     port = free_port()
-    procs = [subprocess.Popen(
+    return [subprocess.Popen(
         [sys.executable, "-m", *args, f"--coordinator_address=localhost:{port}",
          "--num_processes=2", f"--process_id={i}"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(2)]
+
+
+def finish(procs: list[subprocess.Popen]) -> list[str]:
     outputs = []
     for p in procs:
         try:
@@ -60,6 +65,13 @@ def run_two_processes(args: list[str]) -> list[str]:
             for q in procs:
                 q.kill()
             raise
+    return outputs
+
+
+def run_two_processes(args: list[str]) -> list[str]:
+    """Runs `args` as a 2-process job to its end; the processes' outputs."""
+    procs = start_two_processes(args)
+    outputs = finish(procs)
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-3000:]
     return outputs
@@ -117,3 +129,29 @@ def test_two_processes_match_one_process(tmp_path):
         else:
             for layer, r in want["layers"].items():
                 assert got["layers"][layer]["top1"] == pytest.approx(r["top1"], abs=1e-2), layer
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_one_checkpoint_and_resumes(tmp_path):
+    """A preemption notice that reaches one process only: both stop at the same batch, save one
+    checkpoint together and exit with the signal's status; rerunning the job finishes the run."""
+    open_split("digits", "train")
+    args = ["dcjax.main", "--config=configs/digits.py:smoke", f"--workdir={tmp_path}",
+            "--config.num_epochs=3", "--config.checkpoint_every_steps=7"]
+    procs = start_two_processes(args)
+    ckpt = tmp_path / "checkpoints"
+    deadline = time.time() + 300
+    while not (ckpt.exists() and any(p.name.isdigit() for p in ckpt.iterdir())):
+        assert time.time() < deadline and all(p.poll() is None for p in procs), "no checkpoint"
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
+    outputs = finish(procs)
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 128 + signal.SIGTERM, out[-3000:]
+        assert "checkpoint saved" in out
+    steps = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+    assert steps[-1] < 3 * 44  # stopped before the end (3 epochs x 44 batches)
+
+    outputs = run_two_processes(args)
+    assert "resuming from epoch" in outputs[0]
+    assert [r["epoch"] for r in records(tmp_path)] == [0, 1, 2]
