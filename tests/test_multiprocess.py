@@ -3,8 +3,8 @@ localhost (gloo collectives) against 1 process x 4 devices, same config, same re
 
 import json
 import os
-import socket
 import signal
+import socket
 import subprocess
 import sys
 import time
