@@ -14,6 +14,7 @@ import ml_collections
 from dcjax.models import ARCHITECTURES
 
 BACKENDS = ("jax", "faiss", "auto")
+PRECISIONS = ("highest", "tf32_3x", "bf16_3x", "bf16_6x")  # dcjax.clustering.kmeans.PRECISIONS
 SAMPLERS = ("uniform", "natural")
 DTYPES = ("float32", "bfloat16")
 
@@ -62,6 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.clustering.backend = "jax"
     c.clustering.sampler = "uniform"
     c.clustering.chunk_size = 8192  # rows scored against all k centroids at once
+    # k-means distance matmul: 'highest' (float32), or 'tf32_3x' / 'bf16_3x' / 'bf16_6x' (float32
+    # operands split over tensor-core passes; faster on GPUs, see docs/benchmarks.md).
+    c.clustering.precision = "highest"
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 0.05
@@ -85,6 +89,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.knn_k = 20
     c.eval.knn_weights = "distance"  # 'distance' (1 / cosine distance) or 'uniform'
     return c
+
+
+def _platform() -> str:
+    import jax
+
+    return jax.devices()[0].platform
 
 
 def _require(ok: bool, message: str) -> None:
@@ -132,6 +142,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
              f"config.batch_size={config.batch_size} is not divisible by the {num_devices} devices")
     _require(cl.backend in BACKENDS, f"config.clustering.backend={cl.backend!r} must be one of "
              f"{BACKENDS}")
+    _require(cl.precision in PRECISIONS, f"config.clustering.precision={cl.precision!r} must be "
+             f"one of {tuple(PRECISIONS)}")
+    _require(not cl.precision.startswith("tf32") or _platform() == "gpu",
+             f"config.clustering.precision={cl.precision!r} needs GPU devices; use 'highest' or "
+             "a bf16 one")
     _require(cl.sampler in SAMPLERS, f"config.clustering.sampler={cl.sampler!r} must be one of "
              f"{SAMPLERS}")
     _require(cl.pca_dim <= m.fc_dim, f"config.clustering.pca_dim={cl.pca_dim} exceeds the "

@@ -145,7 +145,7 @@ def cluster(run: Run, state: TrainState, epoch: int, previous: np.ndarray | None
     result = run_kmeans(reduced, c.clustering.k, backend=c.clustering.backend,
                         iterations=c.clustering.iterations, seed=c.seed + epoch,
                         chunk_size=c.clustering.chunk_size, mesh=run.mesh, valid=valid,
-                        verbose=jax.process_index() == 0)
+                        verbose=jax.process_index() == 0, precision=c.clustering.precision)
     t3 = time.time()
     assignment = np.empty(run.num_images, np.int32)
     assignment[image[valid]] = result.assignment[valid]

@@ -12,7 +12,8 @@ def test_imagenet_epoch_projection(tmp_path):
     out = tmp_path / "epoch.json"
     args = ["--batch=8", "--steps=1", "--cluster_rows=3000", "--k=32", "--model=alexnet_small",
             "--image_size=32", "--feature_dim=64", "--pca_dim=16", "--iterations=3",
-            "--dtypes=float32,bfloat16", "--devices_projected=1,8", f"--json={out}"]
+            "--dtypes=float32,bfloat16", "--devices_projected=1,8", f"--json={out}",
+            "--kmeans_precisions=highest,bf16_3x,tf32_3x", "--kmeans_chunks=256,512"]
     run = subprocess.run([sys.executable, "-m", "dcjax.bench.imagenet_epoch", *args], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -33,3 +34,31 @@ def test_imagenet_epoch_projection(tmp_path):
         for phase in ("extract", "pca", "kmeans", "train", "epoch"):
             assert eight[phase] == pytest.approx(one[phase] / 8)
     assert result["paper_minutes"] == pytest.approx(34.56)
+    # tf32 exists on GPUs only: said and skipped on CPU; the other precisions x chunks all ran.
+    assert "precision=tf32_3x chunk=256: k-means precision 'tf32_3x' needs GPU" in run.stdout
+    rows = result["kmeans"]
+    assert [(r["precision"], r["chunk"]) for r in rows] == [
+        ("highest", 256), ("highest", 512), ("bf16_3x", 256), ("bf16_3x", 512)]
+    assert all(r["nonempty"] == 32 for r in rows)
+    ref = min((r for r in rows if r["precision"] == "highest"), key=lambda r: r["seconds"])
+    chosen = result["measured"][0]
+    assert chosen["kmeans_objective"] == pytest.approx(ref["objective"], rel=1e-3)
+    assert chosen["kmeans_s"] == min(r["seconds"] for r in rows
+                                     if abs(r["objective"] - ref["objective"])
+                                     <= 1e-3 * ref["objective"])
+
+
+def test_kmeans_parts_table(tmp_path):
+    out = tmp_path / "parts.json"
+    args = ["--n=6000", "--d=16", "--k=32", "--chunks=500,1000", "--repeats=1",
+            "--precisions=highest,tf32_3x,bf16_3x", f"--json={out}"]
+    run = subprocess.run([sys.executable, "-m", "dcjax.bench.kmeans_parts", *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "skipped: k-means precision 'tf32_3x' needs GPU devices" in run.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["precision"] for r in rows] == ["highest", "highest", "bf16_3x", "bf16_3x"]
+    for r in rows:
+        assert r["matmul_ms"] > 0 and r["assign_ms"] > 0 and r["iteration_ms"] > 0
+        assert r["matmul_tflops"] == pytest.approx(
+            2 * 6000 * 32 * 16 / (r["matmul_ms"] * 1e-3) / 1e12)

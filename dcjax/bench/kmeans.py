@@ -36,6 +36,8 @@ flags.DEFINE_string("pca", "100000x4096x256", "NxDxDIM PCA-whitening problem (''
 flags.DEFINE_string("json", "", "Write the rows as a JSON list here.")
 flags.DEFINE_string("blas_coretype", "best", "'best', 'inherit', or an OPENBLAS_CORETYPE value.")
 flags.DEFINE_integer("sklearn_max_n", 200_000, "Skip scikit-learn above this N (it is slow).")
+flags.DEFINE_integer("faiss_max_iters", 0, "Skip faiss for sizes of more iterations than this "
+                     "(0: never skip), e.g. to time an accelerator's long run beside a short one.")
 flags.DEFINE_string("child", "", "Internal: run one measurement and print its JSON row.")
 
 
@@ -162,14 +164,17 @@ def main(argv):
         return
     import jax
 
+    dev = jax.devices()[0]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}")
+          f"jax {jax.__version__} on {jax.device_count()} x {dev.platform} ({dev.device_kind})")
     rows = []
     backends = [b for b in FLAGS.backends.split(",") if b]
     for size in [s for s in FLAGS.sizes.split(",") if s]:
         n, d, k, iters = (int(v) for v in size.split("x"))
         for backend in backends:
             if backend == "sklearn" and n > FLAGS.sklearn_max_n:
+                continue
+            if backend == "faiss" and 0 < FLAGS.faiss_max_iters < iters:
                 continue
             rows.append(measure(dict(kind="kmeans", backend=backend, n=n, d=d, k=k, iters=iters)))
     if FLAGS.pca:
@@ -181,7 +186,8 @@ def main(argv):
           "obj / faiss | peak RSS MB | BLAS |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         ref = next((r for r in rows if r["backend"] == "faiss" and r["kind"] == row["kind"]
-                    and r["n"] == row["n"] and r.get("k") == row.get("k")), None)
+                    and r["n"] == row["n"] and r.get("k") == row.get("k")
+                    and r.get("iters") == row.get("iters")), None)
         speed = obj = "-"
         if ref and ref.get("seconds") and row.get("seconds"):
             speed = f"{ref['seconds'] / row['seconds']:.2f}x"

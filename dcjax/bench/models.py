@@ -33,6 +33,10 @@ flags.DEFINE_integer("pipeline_images", 4096, "Images per pipeline measurement."
 flags.DEFINE_integer("threads", 2, "grain threads (each builds whole batches).")
 flags.DEFINE_bool("skip_torch", False, "Do not run the PyTorch reference.")
 flags.DEFINE_bool("skip_pipeline", False, "Do not measure the input pipeline.")
+flags.DEFINE_list("dtypes", ["float32"], "Compute dtypes of the train-step rows (bfloat16: "
+                  "dcjax's config.model.dtype against PyTorch autocast).")
+flags.DEFINE_list("models", ["alexnet", "alexnet_small"], "Train-step rows: alexnet (224 px), "
+                  "alexnet_small (32 px).")
 flags.DEFINE_string("shared_data", str(Path(__file__).resolve().parents[3] / "shared" / "data"),
                     "Folder with cifar10-jpg.tar.gz and imagenette-128.tar.gz.")
 
@@ -134,32 +138,64 @@ def _torch_reference(size: int, k: int, widths, fc_dim: int):
     return Net()
 
 
-def bench_torch_step(size: int, batch: int, k: int, widths=None, fc_dim=4096) -> float:
+def torch_device() -> str:
+    """'cuda' when PyTorch sees a GPU (the reference's own setting there: cudnn.benchmark), else
+    'cpu'."""
     import torch
 
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+        # TF32 for float32 matmuls as for convolutions: what XLA's default precision does on GPU,
+        # so the float32 rows compare like with like.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        return "cuda"
+    return "cpu"
+
+
+def bench_torch_step(size: int, batch: int, k: int, widths=None, fc_dim=4096,
+                     dtype: str = "float32") -> float:
+    """Images/s of the reference network's SGD step; bfloat16 = autocast (float32 parameters)."""
+    import contextlib
+
+    import torch
+
+    device = torch_device()
     torch.manual_seed(0)
-    net = _torch_reference(size, k, widths, fc_dim)
+    net = _torch_reference(size, k, widths, fc_dim).to(device)
     body = [p for n, p in net.named_parameters() if p.requires_grad and not n.startswith("top")]
     opt = torch.optim.SGD(body, lr=0.05, momentum=0.9, weight_decay=1e-5)
     head_opt = torch.optim.SGD(net.top_layer.parameters(), lr=0.05, weight_decay=1e-5)
-    x = torch.randn(batch, 3, size, size)
-    y = torch.randint(0, k, (batch,))
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, k, (batch,), device=device)
     loss_fn = torch.nn.CrossEntropyLoss()
+    if dtype == "float32":
+        cast = contextlib.nullcontext
+    else:
+        def cast():
+            return torch.autocast(device, dtype=getattr(torch, dtype))
 
     def step():
         opt.zero_grad()
         head_opt.zero_grad()
-        loss = loss_fn(net(x), y)
+        with cast():
+            loss = loss_fn(net(x), y)
         loss.backward()
         opt.step()
         head_opt.step()
 
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
     net.train()
     for _ in range(2):
         step()
+    sync()
     t = time.perf_counter()
     for _ in range(FLAGS.steps):
         step()
+    sync()
     return FLAGS.steps * batch / (time.perf_counter() - t)
 
 
@@ -173,27 +209,29 @@ def main(argv):
         for row in bench_pipeline():
             print("| " + " | ".join(row) + " |")
 
-    torch_ok = not FLAGS.skip_torch
-    if torch_ok:
+    torch_ok, torch_version = False, "skipped"
+    if not FLAGS.skip_torch:
         try:
             import torch
 
-            torch_version = torch.__version__
+            torch_ok, torch_version = True, f"{torch.__version__} on {torch_device()}"
         except ImportError:
-            torch_ok, torch_version = False, "not installed"
-    else:
-        torch_version = "skipped"
+            torch_version = "not installed"
     print(f"\nTrain step (forward + backward + SGD), images/s; PyTorch {torch_version}")
-    print("| model | batch | head k | dcjax (jit) | PyTorch reference | dcjax / PyTorch |\n"
-          "|---|---|---|---|---|---|")
-    cases = [("alexnet", 224, FLAGS.batch_224, 10000, None, 4096),
-             ("alexnet_small", 32, FLAGS.batch_32, 100, None, 2048)]
-    for name, size, batch, k, widths, fc_dim in cases:
-        ours = network_rates(name, size, batch, k, FLAGS.steps, widths=widths, fc_dim=fc_dim)[0]
-        ref = bench_torch_step(size, batch, k, widths, fc_dim) if torch_ok else float("nan")
-        ratio = f"{ours / ref:.2f}x" if torch_ok else "-"
-        ref_s = f"{ref:,.1f}" if torch_ok else torch_version
-        print(f"| {name} {size}px | {batch} | {k} | {ours:,.1f} | {ref_s} | {ratio} |")
+    print("| model | batch | head k | dtype | dcjax (jit) | PyTorch reference | dcjax / PyTorch |\n"
+          "|---|---|---|---|---|---|---|")
+    cases = {"alexnet": ("alexnet", 224, FLAGS.batch_224, 10000, None, 4096),
+             "alexnet_small": ("alexnet_small", 32, FLAGS.batch_32, 100, None, 2048)}
+    for name, size, batch, k, widths, fc_dim in (cases[m] for m in FLAGS.models):
+        for dtype in FLAGS.dtypes:
+            ours = network_rates(name, size, batch, k, FLAGS.steps, widths=widths,
+                                 fc_dim=fc_dim, dtype=dtype)[0]
+            ref = (bench_torch_step(size, batch, k, widths, fc_dim, dtype) if torch_ok
+                   else float("nan"))
+            ratio = f"{ours / ref:.2f}x" if torch_ok else "-"
+            ref_s = f"{ref:,.1f}" if torch_ok else torch_version
+            print(f"| {name} {size}px | {batch} | {k} | {dtype} | {ours:,.1f} | {ref_s} | "
+                  f"{ratio} |")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from dcjax.clustering.faiss_backend import faiss_available, kmeans_faiss
-from dcjax.clustering.kmeans import KMeansResult, assign, kmeans, to_host
+from dcjax.clustering.kmeans import PRECISIONS, KMeansResult, assign, kmeans, to_host
 from dcjax.clustering.pca import PCA, apply_pca, fit_pca, pca_whiten
 from dcjax.clustering.sampler import natural_sampler, sample_epoch, uniform_label_sampler
 
@@ -18,17 +18,18 @@ BACKENDS = ("jax", "faiss", "auto")
 
 def run_kmeans(features, k: int, *, backend: str = "jax", iterations: int = 20, seed: int = 0,
                chunk_size: int = 8192, mesh: Mesh | None = None, valid: np.ndarray | None = None,
-               verbose: bool = False) -> KMeansResult:
+               verbose: bool = False, precision: str = "highest") -> KMeansResult:
     """k-means with the chosen backend. 'auto' runs JAX and, only if JAX cannot run it (a device
     runtime error such as running out of memory), falls back to faiss and logs why. `valid` [N]
-    bool restricts clustering to those rows (the others get assignment -1)."""
+    bool restricts clustering to those rows (the others get assignment -1). `precision`: the JAX
+    backend's distance matmul (kmeans.PRECISIONS)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown k-means backend {backend!r}; use one of {BACKENDS}")
     if backend == "faiss":
         return _faiss(features, k, iterations, seed, valid, verbose)
     try:
         return kmeans(features, k, iterations=iterations, seed=seed, chunk_size=chunk_size,
-                      mesh=mesh, valid=valid, verbose=verbose)
+                      mesh=mesh, valid=valid, verbose=verbose, precision=precision)
     except (jax.errors.JaxRuntimeError, MemoryError) as e:
         if backend == "jax" or not faiss_available():
             raise
@@ -49,7 +50,7 @@ def _faiss(features, k, iterations, seed, valid, verbose) -> KMeansResult:
 
 
 __all__ = [
-    "BACKENDS", "KMeansResult", "PCA", "apply_pca", "assign", "faiss_available", "fit_pca",
+    "BACKENDS", "KMeansResult", "PCA", "PRECISIONS", "apply_pca", "assign", "faiss_available", "fit_pca",
     "kmeans", "kmeans_faiss", "natural_sampler", "pca_whiten", "run_kmeans", "sample_epoch",
     "uniform_label_sampler",
 ]

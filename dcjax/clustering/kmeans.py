@@ -1,9 +1,11 @@
 """k-means in JAX, sharded over every device: DeepCluster's clustering step (DESIGN.md step 3).
 
 Lloyd iterations from k distinct random points. Each iteration, on the rows each device holds:
-  1. assign every row to its nearest centroid by `||c||^2 - 2 x.c` (matmul at float32 accuracy,
-     `Precision.HIGHEST`), `chunk` rows at a time, so at most chunk x k scores exist per device and no
-     N x k array exists anywhere; the objective is the sum of squared distances of this assignment;
+  1. assign every row to its nearest centroid by `||c||^2 - 2 x.c` (matmul at float32 accuracy:
+     `precision='highest'`, or an accelerator's tensor-core algorithm that keeps float32 inputs
+     and accumulation, `PRECISIONS`), `chunk` rows at a time, so at most chunk x k scores exist
+     per device and no N x k array exists anywhere; the objective is the sum of squared distances
+     of this assignment;
   2. split empty clusters: while a cluster is empty, choose a donor with probability proportional
      to (size - 1), replace the two centroids by the donor's times (1 + eps) and (1 - eps) in
      alternating coordinates (eps = 1/1024, faiss' `split_clusters`), and give the empty cluster the
@@ -29,6 +31,27 @@ from dcjax.clustering.sharding import AXIS, check_features, check_valid, shard_r
 HIGHEST = lax.Precision.HIGHEST
 SPLIT_EPS = 1.0 / 1024.0
 
+# The distance matmul's algorithm. 'highest': float32 throughout (XLA's Precision.HIGHEST). The
+# others split each float32 operand into several lower-precision parts multiplied on tensor cores
+# and summed in float32 (3 passes of TF32 or bfloat16, 6 of bfloat16): close to float32 accuracy
+# at tensor-core speed on GPUs. TF32 exists on NVIDIA GPUs only.
+PRECISIONS = {
+    "highest": HIGHEST,
+    "tf32_3x": lax.DotAlgorithmPreset.TF32_TF32_F32_X3,
+    "bf16_3x": lax.DotAlgorithmPreset.BF16_BF16_F32_X3,
+    "bf16_6x": lax.DotAlgorithmPreset.BF16_BF16_F32_X6,
+}
+
+
+def check_precision(precision: str, mesh: Mesh | None = None) -> None:
+    """ValueError for an unknown name, or a TF32 algorithm where the devices are not GPUs."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"k-means precision {precision!r} must be one of {tuple(PRECISIONS)}")
+    platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
+    if precision.startswith("tf32") and platform != "gpu":
+        raise ValueError(f"k-means precision {precision!r} needs GPU devices (these are "
+                         f"{platform}); use 'highest' or a bf16 one")
+
 
 @dataclasses.dataclass
 class KMeansResult:
@@ -42,13 +65,15 @@ class KMeansResult:
         return int(self.splits.sum())
 
 
-def _nearest(x, centroids, chunk: int):
+def _nearest(x, centroids, chunk: int, precision: str = "highest"):
     """Local rows [n, D] -> (nearest centroid [n] int32, squared distance [n]), chunk rows at a time."""
     n, d = x.shape
     c_sq = jnp.sum(centroids * centroids, axis=1)
+    algorithm = PRECISIONS[precision]
 
     def one_chunk(xc):
-        scores = c_sq[None, :] - 2.0 * jnp.dot(xc, centroids.T, precision=HIGHEST)  # [chunk, k]
+        scores = c_sq[None, :] - 2.0 * jnp.dot(xc, centroids.T, precision=algorithm,
+                                               preferred_element_type=jnp.float32)  # [chunk, k]
         best = jnp.argmin(scores, axis=1).astype(jnp.int32)
         dist = jnp.min(scores, axis=1) + jnp.sum(xc * xc, axis=1)
         return best, jnp.maximum(dist, 0.0)
@@ -101,13 +126,13 @@ def _split_empty(x, assign, centroids, counts, key):
     return assign, centroids, counts, nsplit
 
 
-@functools.partial(jax.jit, static_argnames=("mesh", "chunk"))
-def _lloyd_iteration(x, mask, centroids, key, *, mesh: Mesh, chunk: int):
+@functools.partial(jax.jit, static_argnames=("mesh", "chunk", "precision"))
+def _lloyd_iteration(x, mask, centroids, key, *, mesh: Mesh, chunk: int, precision: str):
     k = centroids.shape[0]
     rows, rep = PartitionSpec(AXIS), PartitionSpec()
 
     def local(x, mask, centroids, key):
-        assign, dist = _nearest(x, centroids, chunk)
+        assign, dist = _nearest(x, centroids, chunk, precision)
         assign = jnp.where(mask, assign, k)  # padding rows go to an extra bucket k
         objective = lax.psum(jnp.sum(jnp.where(mask, dist, 0.0)), AXIS)
         ones = mask.astype(jnp.int32)
@@ -122,10 +147,11 @@ def _lloyd_iteration(x, mask, centroids, key, *, mesh: Mesh, chunk: int):
                          out_specs=(rep, rows, rep, rep))(x, mask, centroids, key)
 
 
-@functools.partial(jax.jit, static_argnames=("mesh", "chunk"))
-def _assign_only(x, centroids, *, mesh: Mesh, chunk: int):
+@functools.partial(jax.jit, static_argnames=("mesh", "chunk", "precision"))
+def _assign_only(x, centroids, *, mesh: Mesh, chunk: int, precision: str):
     rows, rep = PartitionSpec(AXIS), PartitionSpec()
-    return jax.shard_map(lambda x, c: _nearest(x, c, chunk), mesh=mesh, in_specs=(rows, rep),
+    return jax.shard_map(lambda x, c: _nearest(x, c, chunk, precision), mesh=mesh,
+                         in_specs=(rows, rep),
                          out_specs=(rows, rows))(x, centroids)
 
 
@@ -157,14 +183,16 @@ def init_centroids(features, k: int, seed: int, valid: np.ndarray | None = None)
 
 def kmeans(features, k: int, *, iterations: int = 20, seed: int = 0, chunk_size: int = 8192,
            initial_centroids=None, mesh: Mesh | None = None, valid: np.ndarray | None = None,
-           verbose: bool = False) -> KMeansResult:
+           verbose: bool = False, precision: str = "highest") -> KMeansResult:
     """Clusters `features` [N, D] (numpy, or a jax.Array sharded by rows) into k clusters.
 
     Returns the centroids [k, D], the assignment [N] int32 (every cluster non-empty when N >= k),
     the objective of each iteration and the number of empty-cluster splits in each. With `valid`
-    [N] bool only those rows are clustered; the others get assignment -1.
+    [N] bool only those rows are clustered; the others get assignment -1. `precision` names the
+    distance matmul's algorithm (`PRECISIONS`).
     """
     rows, d = check_features(features, "features")
+    check_precision(precision, mesh)
     n = check_valid(valid, rows)
     check_k(k, n)
     if not isinstance(iterations, int) or iterations < 1:
@@ -184,7 +212,8 @@ def kmeans(features, k: int, *, iterations: int = 20, seed: int = 0, chunk_size:
     for it in tqdm(range(iterations), desc="k-means", disable=None if verbose else True,
                    leave=False):
         centroids, assign, obj, nsplit = _lloyd_iteration(
-            x, mask, centroids, jax.random.fold_in(key, it), mesh=mesh, chunk=chunk)
+            x, mask, centroids, jax.random.fold_in(key, it), mesh=mesh, chunk=chunk,
+            precision=precision)
         objective.append(obj)
         splits.append(nsplit)
     assignment = to_host(assign)[:rows].astype(np.int32)
@@ -195,12 +224,14 @@ def kmeans(features, k: int, *, iterations: int = 20, seed: int = 0, chunk_size:
                         splits=np.asarray(jax.device_get(splits), np.int64))
 
 
-def assign(features, centroids, *, chunk_size: int = 8192,
-           mesh: Mesh | None = None) -> tuple[np.ndarray, np.ndarray]:
+def assign(features, centroids, *, chunk_size: int = 8192, mesh: Mesh | None = None,
+           precision: str = "highest") -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid [N] int32 and squared distance [N] of each row of `features`."""
     n, d = check_features(features, "features")
+    check_precision(precision, mesh)
     if centroids.ndim != 2 or centroids.shape[1] != d:
         raise ValueError(f"centroids have shape {tuple(centroids.shape)}, features dimension {d}")
     x, _, mesh, chunk = shard_rows(features, chunk_size, mesh)
-    best, dist = _assign_only(x, np.asarray(centroids, np.float32), mesh=mesh, chunk=chunk)
+    best, dist = _assign_only(x, np.asarray(centroids, np.float32), mesh=mesh, chunk=chunk,
+                              precision=precision)
     return to_host(best)[:n], to_host(dist)[:n]
