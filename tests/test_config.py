@@ -38,6 +38,8 @@ def test_imagenet_config_is_the_papers_setup():
     ("clustering.k", 0, "config.clustering.k=0 must be an integer >= 1"),
     ("clustering.backend", "cuml", "config.clustering.backend='cuml'"),
     ("clustering.sampler", "balanced", "config.clustering.sampler='balanced'"),
+    ("clustering.precision", "fp8", "config.clustering.precision='fp8' must be one of"),
+    ("clustering.precision", "tf32_3x", "config.clustering.precision='tf32_3x' needs GPU devices"),
     ("data.image_size", 224, "config.data.image_size=224 does not fit alexnet_small"),
     ("data.data_dir", "/no/such/dir", "config.data.data_dir='/no/such/dir' is not a directory"),
     ("optim.lr", -1.0, "config.optim.lr=-1.0 must be positive"),
@@ -50,6 +52,13 @@ def test_bad_values_name_the_field(field, value, message):
     with pytest.raises(ConfigError) as e:
         validate(c, num_devices=4)
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_precision_names_match_the_kmeans():
+    from dcjax.clustering.kmeans import PRECISIONS
+    from dcjax.config_lib import PRECISIONS as CONFIG_PRECISIONS
+
+    assert CONFIG_PRECISIONS == tuple(PRECISIONS)
 
 
 def test_batch_not_divisible_by_devices():

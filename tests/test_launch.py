@@ -41,3 +41,18 @@ def test_tpu_pod():
     bad = subprocess.run(["bash", "launch/tpu_pod.sh", "fly"], cwd=ROOT, capture_output=True,
                          text=True, env=dict(os.environ, TPU_NAME="t", ZONE="z"))
     assert bad.returncode == 2 and "unknown action" in bad.stderr
+
+
+def test_gpu_benchmarks():
+    out = [line.strip() for line in
+           dry_run("launch/gpu_benchmarks.sh", "/tmp/gpu_out", PYTHON="python3").splitlines()]
+    assert len(out) == 3
+    assert out[0] == "python3 -m dcjax.bench.imagenet_epoch --json=/tmp/gpu_out/imagenet_epoch.json"
+    assert "-m dcjax.bench.models --skip_pipeline --models=alexnet --batch_224=256" in out[1]
+    assert "--sizes=1281167x256x10000x20\\,1281167x256x10000x2" in out[2]
+    assert out[2].endswith("--json=/tmp/gpu_out/kmeans.json")
+    only = dry_run("launch/gpu_benchmarks.sh", "/tmp/gpu_out", "models", PYTHON="python3")
+    assert only.count("\n") == 1 and "dcjax.bench.models" in only
+    bad = subprocess.run(["bash", "launch/gpu_benchmarks.sh", "/tmp/gpu_out", "nope"], cwd=ROOT,
+                         env=dict(os.environ, DRY_RUN="1"), capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown benchmark: nope" in bad.stderr
