@@ -13,6 +13,7 @@ rows of every batch), and PCA and k-means run sharded on it; only int32 assignme
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import signal
@@ -100,12 +101,22 @@ class Run:
     def num_images(self) -> int:
         return len(self.source)
 
+    @functools.cached_property
+    def train_key(self) -> jax.Array:
+        """key(seed), replicated on the mesh (the train step folds in the step number)."""
+        return jax.jit(lambda: jax.random.key(self.config.seed), out_shardings=self.replicated)()
+
+    @functools.cached_property
+    def _reset_head(self):
+        # Built once per run (a jit made at each call would compile at every epoch).
+        c = self.config
+        return jax.jit(
+            lambda s, e: reset_head(s, c, jax.random.fold_in(jax.random.key(c.seed), e)),
+            out_shardings=self.replicated, donate_argnums=0)
+
     def reset_head(self, state: TrainState, epoch: int) -> TrainState:
         """A new head for `epoch` (its key: fold_in(key(seed), epoch)), computed on the mesh."""
-        c = self.config
-        fn = jax.jit(lambda s, e: reset_head(s, c, jax.random.fold_in(jax.random.key(c.seed), e)),
-                     out_shardings=self.replicated, donate_argnums=0)
-        return fn(state, np.int32(epoch))
+        return self._reset_head(state, np.int32(epoch))
 
     def global_array(self, local: np.ndarray) -> jax.Array:
         return jax.make_array_from_process_local_data(self.rows, local)
@@ -212,7 +223,7 @@ def train_epoch(run: Run, state: TrainState, epoch: int, indices: np.ndarray,
     batches = pipeline.train_batches(run.source, indices, view_config(c), c.batch_size,
                                      seed=_mix(c.seed, epoch), start_batch=start_step,
                                      **run.loader_options())
-    key = jax.jit(lambda: jax.random.key(c.seed), out_shardings=run.replicated)()
+    key = run.train_key
     loss_sum, acc_sum = float(partial.get("loss_sum", 0.0)), float(partial.get("acc_sum", 0.0))
     global_step = int(state.step)
     t0 = time.time()

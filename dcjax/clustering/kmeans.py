@@ -178,7 +178,13 @@ def init_centroids(features, k: int, seed: int, valid: np.ndarray | None = None)
     if isinstance(features, np.ndarray):
         return features[idx].astype(np.float32)
     # A host copy of k rows: valid input to the jitted iterations on any number of processes.
-    return to_host(jax.jit(lambda f: jnp.take(f, idx, axis=0).astype(jnp.float32))(features))
+    return to_host(_take_rows(features, idx))
+
+
+@jax.jit
+def _take_rows(features, idx):
+    # Module-level, the indices an argument: one compile per shape, not one per call.
+    return jnp.take(features, idx, axis=0).astype(jnp.float32)
 
 
 def kmeans(features, k: int, *, iterations: int = 20, seed: int = 0, chunk_size: int = 8192,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -39,10 +40,24 @@ def check_features(x, name: str = "features") -> tuple[int, int]:
         bad = sum(int(np.count_nonzero(~np.isfinite(x[i:i + step]).all(axis=1)))
                   for i in range(0, n, step))
     else:
-        bad = int(jax.jit(lambda a: jnp.sum(~jnp.all(jnp.isfinite(a), axis=1)))(x))
+        bad = int(_count_nonfinite_rows(x))
     if bad:
         raise ValueError(f"{name} has {bad} of {n} rows with NaN or inf values")
     return n, d
+
+
+@jax.jit
+def _count_nonfinite_rows(a):
+    # Module-level so that it compiles once per shape, not at every call.
+    return jnp.sum(~jnp.all(jnp.isfinite(a), axis=1))
+
+
+@functools.lru_cache(maxsize=32)
+def _pad_rows(n_pad: int, sharding: NamedSharding):
+    """A jitted pad of [N, D] rows to n_pad float32 rows laid out by `sharding` (cached: one
+    compile per shape, not one per call)."""
+    return jax.jit(lambda a: jnp.pad(a.astype(jnp.float32), ((0, n_pad - a.shape[0]), (0, 0))),
+                   out_shardings=sharding)
 
 
 def row_chunk(n: int, ndev: int, chunk_size: int) -> int:
@@ -93,6 +108,4 @@ def shard_rows(x, chunk_size: int, mesh: Mesh | None = None, valid: np.ndarray |
         return put(x, sharding), put(mask, sharding), mesh, chunk
     if n_pad == n and x.dtype == jnp.float32 and x.sharding.is_equivalent_to(sharding, 2):
         return x, put(mask, sharding), mesh, chunk
-    pad = jax.jit(lambda a: jnp.pad(a.astype(jnp.float32), ((0, n_pad - n), (0, 0))),
-                  out_shardings=sharding)
-    return pad(x), put(mask, sharding), mesh, chunk
+    return _pad_rows(n_pad, sharding)(x), put(mask, sharding), mesh, chunk

@@ -9,6 +9,7 @@ the size of the features is ever gathered on one host or device. The buffer is d
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -87,6 +88,13 @@ def progress(iterable, **kwargs):
                 **kwargs)
 
 
+@functools.lru_cache(maxsize=16)
+def _zeros(shape: tuple, sharding: NamedSharding):
+    """A jitted float32 zeros of `shape` laid out by `sharding`, made once per (shape, sharding):
+    extraction runs every epoch, and a jit built at each call would compile each time."""
+    return jax.jit(lambda: jnp.zeros(shape, jnp.float32), out_shardings=sharding)
+
+
 def extract(feature_fn: Callable, variables: tuple, source: Any, view: pipeline.ViewConfig,
             batch: int, dim: int, mesh: Mesh, loader_options: dict, write_rows: Callable | None = None,
             desc: str = "features") -> Features:
@@ -95,8 +103,7 @@ def extract(feature_fn: Callable, variables: tuple, source: Any, view: pipeline.
     nb = math.ceil(n / batch)
     rows_sharding = NamedSharding(mesh, PartitionSpec(AXIS))
     write_rows = write_rows or write_rows_fn(mesh)
-    buffer = jax.jit(lambda: jnp.zeros((nb * batch, dim), jnp.float32),
-                     out_shardings=rows_sharding)()
+    buffer = _zeros((nb * batch, dim), rows_sharding)()
     labels_local, index_local = [], []
     for b, host_batch in enumerate(progress(pipeline.ordered_batches(source, view, batch,
                                                                      **loader_options),
