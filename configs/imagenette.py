@@ -9,9 +9,10 @@ Import once from the 128 px tarball shipped beside the project:
 of training and 5 s of extraction per epoch; docs/evaluation.md). On a GPU,
 `--config=configs/imagenette.py:alexnet224` uses the exact AlexNet-BN 224 px geometry
 (images upsampled from 128 px): 14.2 s an epoch on one H100 with `--config.data.num_threads=16` on
-16 host cores, input-bound (measured; docs/scaling.md). The full-width 64 px default is not
-measured (estimated several times slower than `:cpu` on a CPU). `:smoke` shrinks it for a quick
-check.
+16 host cores, input-bound; grain worker processes (`--config.data.num_workers=12
+--config.data.num_threads=2`) decode 1.7x faster there (measured; docs/scaling.md). The
+full-width 64 px default is not measured (estimated several times slower than `:cpu` on a CPU).
+`:smoke` shrinks it for a quick check.
 """
 
 from dcjax.config_lib import base_config
