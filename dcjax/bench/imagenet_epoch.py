@@ -99,8 +99,8 @@ def clustering_seconds() -> tuple[float, list[dict]]:
                 seconds = time.perf_counter() - t
                 rows.append(dict(precision=precision, chunk=chunk, seconds=seconds,
                                  objective=float(result.objective[-1]),
-                                 nonempty=int(len(np.unique(result.assignment[valid[:len(
-                                     result.assignment)]])))))
+                                 nonempty=int(len(np.unique(
+                                     result.assignment[result.assignment >= 0])))))
             except (ValueError, jax.errors.JaxRuntimeError) as e:
                 print(f"k-means precision={precision} chunk={chunk}: "
                       f"{str(e).splitlines()[0][:200]}")

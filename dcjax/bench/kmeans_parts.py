@@ -8,7 +8,7 @@ all rows of:
   * matmul + max: the chunked `x @ c.T` with each chunk's scores reduced to their maximum (one
     read of them; a reduction over part of them would let XLA shrink the product), and the
     TFLOP/s this reaches (2 N k d flops: a lower bound on the matmul's own rate);
-  * + argmin: the same with the nearest centroid and its squared distance (the assignment step);
+  * matmul + argmin: the k-means' own assignment step (nearest centroid and squared distance);
   * Lloyd iteration: the jitted iteration the k-means runs (assignment, objective, counts,
     empty-cluster split, segment sums and means, with the psums).
 The iteration minus the assignment is the update step's cost. Each figure is the median of
@@ -31,7 +31,12 @@ from jax import lax  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from dcjax.bench.common import machine  # noqa: E402
-from dcjax.clustering.kmeans import PRECISIONS, _lloyd_iteration, check_precision  # noqa: E402
+from dcjax.clustering.kmeans import (  # noqa: E402
+    PRECISIONS,
+    _assign_only,
+    _lloyd_iteration,
+    check_precision,
+)
 from dcjax.clustering.sharding import AXIS, default_mesh, shard_rows  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -55,32 +60,20 @@ def median_ms(fn, *args, **kwargs) -> float:
     return 1e3 * statistics.median(times)
 
 
-def assignment_fns(mesh, chunk: int, precision: str):
-    """(matmul + max, matmul + argmin) over the local rows of each device, jitted and sharded."""
+def matmul_fn(mesh, chunk: int, precision: str):
+    """The chunked distance matmul alone, each chunk's scores reduced to their maximum, jitted and
+    sharded over the local rows of each device."""
     algorithm = PRECISIONS[precision]
     rows, rep = PartitionSpec(AXIS), PartitionSpec()
 
-    def scores(xc, c):
-        return jnp.dot(xc, c.T, precision=algorithm, preferred_element_type=jnp.float32)
-
     def matmul(x, c):
-        out = lax.map(lambda xc: jnp.max(scores(xc, c)), x.reshape(-1, chunk, x.shape[1]))
-        return lax.pmax(jnp.max(out), AXIS)
-
-    def nearest(x, c):
-        c_sq = jnp.sum(c * c, axis=1)
-
         def one(xc):
-            s = c_sq[None, :] - 2.0 * scores(xc, c)
-            return jnp.argmin(s, axis=1), jnp.min(s, axis=1)
+            return jnp.max(jnp.dot(xc, c.T, precision=algorithm,
+                                   preferred_element_type=jnp.float32))
 
-        best, dist = lax.map(one, x.reshape(-1, chunk, x.shape[1]))
-        return best.reshape(-1), dist.reshape(-1)
+        return lax.pmax(jnp.max(lax.map(one, x.reshape(-1, chunk, x.shape[1]))), AXIS)
 
-    def shard(f, out_specs):
-        return jax.jit(jax.shard_map(f, mesh=mesh, in_specs=(rows, rep), out_specs=out_specs))
-
-    return shard(matmul, rep), shard(nearest, (rows, rows))
+    return jax.jit(jax.shard_map(matmul, mesh=mesh, in_specs=(rows, rep), out_specs=rep))
 
 
 def main(argv):
@@ -102,9 +95,9 @@ def main(argv):
             continue
         for chunk_size in (int(v) for v in FLAGS.chunks):
             xs, mask, _, chunk = shard_rows(x, chunk_size, mesh)
-            matmul, nearest = assignment_fns(mesh, chunk, precision)
-            mm = median_ms(matmul, xs, centroids)
-            near = median_ms(nearest, xs, centroids)
+            mm = median_ms(matmul_fn(mesh, chunk, precision), xs, centroids)
+            near = median_ms(_assign_only, xs, centroids, mesh=mesh, chunk=chunk,
+                             precision=precision)
             it = median_ms(_lloyd_iteration, xs, mask, centroids, key, mesh=mesh, chunk=chunk,
                            precision=precision)
             tflops = 2 * xs.shape[0] * FLAGS.k * FLAGS.d / (mm * 1e-3) / 1e12
