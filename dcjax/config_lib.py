@@ -15,6 +15,7 @@ from dcjax.models import ARCHITECTURES
 
 BACKENDS = ("jax", "faiss", "auto")
 PRECISIONS = ("highest", "tf32_3x", "bf16_3x", "bf16_6x")  # dcjax.clustering.kmeans.PRECISIONS
+LINEAR_VIEWS = ("augmented", "center")  # config.eval.linear_views
 SAMPLERS = ("uniform", "natural")
 DTYPES = ("float32", "bfloat16")
 
@@ -84,6 +85,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.linear_weight_decay = 1e-4
     c.eval.linear_normalize = False  # True: standardise each pooled feature (needs a lower lr)
     c.eval.crop_scale = (0.08, 1.0)  # the probe's training views; flip follows data.flip
+    # 'augmented': the paper's probe, a forward pass of a new crop + flip view at every step;
+    # 'center': each image's centre-view features computed once and cached (float16), the classifiers
+    # trained on those (a fast diagnostic: one forward pass per split instead of one per probe epoch)
+    c.eval.linear_views = "augmented"
     c.eval.probe_dim = 9216  # pooled size per conv layer for geometries without the paper's table
     c.eval.pixel_pca_dim = 64  # --features=pixels: raw pixels reduced to this many components
     c.eval.knn_k = 20
@@ -175,6 +180,8 @@ def validate_eval(config: ml_collections.ConfigDict, num_devices: int = 1) -> No
     lo_s, hi_s = tuple(e.crop_scale)
     _require(0.0 < lo_s <= hi_s <= 1.0,
              f"config.eval.crop_scale={tuple(e.crop_scale)} must satisfy 0 < min <= max <= 1")
+    _require(e.linear_views in LINEAR_VIEWS,
+             f"config.eval.linear_views={e.linear_views!r} must be one of {LINEAR_VIEWS}")
     _require(e.knn_weights in ("distance", "uniform"),
              f"config.eval.knn_weights={e.knn_weights!r} must be 'distance' or 'uniform'")
 

@@ -130,18 +130,23 @@ def stripes(n: int, rng) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def test_linear_probe_separates_a_trivial_dataset(tmp_path):
+@pytest.mark.parametrize("views", ["augmented", "center"])
+def test_linear_probe_separates_a_trivial_dataset(tmp_path, views):
     rng = np.random.default_rng(0)
     (x_tr, y_tr), (x_te, y_te) = stripes(256, rng), stripes(128, rng)
     np.savez(tmp_path / "stripes.npz", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
-    prepare(str(tmp_path / "stripes.npz"), "stripes", class_names=["horizontal", "vertical"])
+    prepare(str(tmp_path / "stripes.npz"), "stripes", class_names=["horizontal", "vertical"],
+            overwrite=True)
     # The untrained network's deeper activations are large: a smaller step than ImageNet's 0.01.
     c = digits_smoke(**{"data.name": "stripes", "clustering.k": 2, "eval.linear_epochs": 4,
-                        "eval.crop_scale": (0.5, 1.0), "eval.linear_lr": 0.001})
+                        "eval.crop_scale": (0.5, 1.0), "eval.linear_lr": 0.001,
+                        "eval.linear_views": views})
     result = evaluate(c, str(tmp_path), "linear", init="random")
     top1 = {name: r["top1"] for name, r in result["layers"].items()}
     assert min(top1.values()) >= 0.95, top1
-    assert json.loads((tmp_path / "eval" / "linear_random.json").read_text())["init"] == "random"
+    name = "linear_random" if views == "augmented" else "linear_center_random"
+    saved = json.loads((tmp_path / "eval" / f"{name}.json").read_text())
+    assert saved["init"] == "random" and saved["views"] == views
 
 
 def test_protocols_on_a_trained_run(trained_run):
@@ -224,3 +229,25 @@ def test_table_gathers_the_rows(trained_run):
     assert lines[0].startswith("| features | conv1 |") and len(lines) == 5
     assert lines[2].startswith("| DeepCluster | ") and "-" not in lines[2].split("|")[2]
     assert lines[3].startswith("| random init | - |")  # only its kNN was run
+
+
+def test_center_view_probe_and_its_table(trained_run):
+    from dcjax.evaluate.table import table
+
+    c = digits_smoke(**{"eval.linear_views": "center", "eval.linear_epochs": 2})
+    result = evaluate(c, str(trained_run), "linear")
+    assert result["views"] == "center" and result["crop_scale"] is None
+    assert result["test_images"] == 359 and result["feature_seconds"] > 0
+    assert all(0.1 < r["top1"] <= 1.0 for r in result["layers"].values())  # above chance
+    assert all(np.isfinite(r["final_train_loss"]) for r in result["layers"].values())
+    assert (trained_run / "eval" / "linear_center.json").exists()
+    row = table(trained_run, "center").splitlines()[2].split("|")
+    expected = [f"{100 * r['top1']:.2f}" for r in result["layers"].values()]
+    assert [cell.strip() for cell in row[2:7]] == expected
+
+
+def test_bad_linear_views_is_a_config_error():
+    from dcjax.config_lib import validate
+
+    with pytest.raises(ConfigError, match="linear_views"):
+        validate(digits_smoke(**{"eval.linear_views": "tencrop"}))

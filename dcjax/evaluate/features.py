@@ -89,21 +89,22 @@ def progress(iterable, **kwargs):
 
 
 @functools.lru_cache(maxsize=16)
-def _zeros(shape: tuple, sharding: NamedSharding):
-    """A jitted float32 zeros of `shape` laid out by `sharding`, made once per (shape, sharding):
+def _zeros(shape: tuple, sharding: NamedSharding, dtype=jnp.float32):
+    """A jitted zeros of `shape` laid out by `sharding`, made once per (shape, sharding, dtype):
     extraction runs every epoch, and a jit built at each call would compile each time."""
-    return jax.jit(lambda: jnp.zeros(shape, jnp.float32), out_shardings=sharding)
+    return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
 
 
 def extract(feature_fn: Callable, variables: tuple, source: Any, view: pipeline.ViewConfig,
             batch: int, dim: int, mesh: Mesh, loader_options: dict, write_rows: Callable | None = None,
-            desc: str = "features") -> Features:
-    """`feature_fn(*variables, images) -> [B, dim]` over every image of `source`, sharded rows."""
+            desc: str = "features", dtype=jnp.float32) -> Features:
+    """`feature_fn(*variables, images) -> [B, dim]` over every image of `source`, sharded rows
+    (stored as `dtype`)."""
     ndev, n = mesh.devices.size, len(source)
     nb = math.ceil(n / batch)
     rows_sharding = NamedSharding(mesh, PartitionSpec(AXIS))
     write_rows = write_rows or write_rows_fn(mesh)
-    buffer = _zeros((nb * batch, dim), rows_sharding)()
+    buffer = _zeros((nb * batch, dim), rows_sharding, jnp.dtype(dtype))()
     labels_local, index_local = [], []
     for b, host_batch in enumerate(progress(pipeline.ordered_batches(source, view, batch,
                                                                      **loader_options),

@@ -8,6 +8,10 @@ in one jitted step over one forward pass. Top-1 is measured on the centre view o
 config.eval.linear_normalize (off by default, as in the reference) standardises each pooled feature
 before its classifier, as a BatchNorm without scale and shift (batch statistics in training, running
 averages in testing); standardised 9k-dimensional inputs need a learning rate well below 0.01.
+config.eval.linear_views='center' (not the paper's protocol; a fast diagnostic) computes each split's
+centre-view pooled features once, caches them row-sharded on the devices as float16, and trains the
+same classifiers on shuffled batches of those rows: one forward pass per split instead of one per
+probe epoch, and no augmentation.
 
 Pooling: at 224 px AlexNet, the paper's table (kernel/stride/pad, zero padding counted in the
 average): conv1 6/6/3 -> 96x10x10 = 9600, conv2 4/4/0 -> 256x6x6 = 9216, conv3 and conv4 3/3/1 ->
@@ -22,6 +26,7 @@ config.eval.pixel_pca_dim components and standardised (the "raw pixels" row).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -195,14 +200,11 @@ def conv_shapes(net: Network, image_size: int) -> list[tuple[int, ...]]:
 def linear_probe(config: ml_collections.ConfigDict, net: Network, splits: Splits, mesh: Mesh,
                  log: Callable[[str], None] = print) -> dict:
     """Trains and tests one linear probe per conv layer; returns the result record."""
-    from dcjax.train import view_config
-
     e, d = config.eval, config.data
     t0 = time.time()
     poolings = choose_pooling(config.model.name, d.image_size, conv_shapes(net, d.image_size),
                               e.probe_dim)
     names = [f"conv{i}" for i in range(1, len(poolings) + 1)]
-    num_classes = splits.info.num_classes
     n, batch = len(splits.train), e.batch_size
     steps = pipeline.num_train_batches(n, batch)
     if steps < 1:
@@ -210,9 +212,37 @@ def linear_probe(config: ml_collections.ConfigDict, net: Network, splits: Splits
     tx = probe_optimizer(config, steps * e.linear_epochs)
     dims = {name: p.dim for name, p in zip(names, poolings)}
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    probes = put(init_probes(dims, num_classes), replicated)
+    probes = put(init_probes(dims, splits.info.num_classes), replicated)
     stats = put(init_norm_stats(dims), replicated) if e.linear_normalize else None
     opt_state = jax.jit(tx.init, out_shardings=replicated)(probes)
+    run = _augmented_views if e.linear_views == "augmented" else _center_views
+    correct, history, extra = run(config, net, splits, mesh, poolings, names, tx, steps,
+                                  (probes, opt_state, stats), log)
+    m = len(splits.test)
+    layers = {name: {"top1": correct[name] / m, "dim": p.dim, "pooling": p.describe(),
+                     "final_train_loss": history[-1][name] if history else None}
+              for name, p in zip(names, poolings)}
+    return {"layers": layers, "views": e.linear_views, "epochs": e.linear_epochs,
+            "normalize": bool(e.linear_normalize), "lr": e.linear_lr,
+            "weight_decay": e.linear_weight_decay,
+            "crop_scale": list(e.crop_scale) if e.linear_views == "augmented" else None,
+            "flip": bool(d.flip) if e.linear_views == "augmented" else None,
+            "train_images": n, "test_images": m, **extra, "seconds": time.time() - t0}
+
+
+def _log_epoch(log: Callable[[str], None], epoch: int, sums: dict, steps: int) -> dict:
+    mean = {name: float(v) / steps for name, v in sums.items()}
+    log(f"probe epoch {epoch}: train loss " + " ".join(f"{k} {v:.3f}" for k, v in mean.items()))
+    return mean
+
+
+def _augmented_views(config, net, splits, mesh, poolings, names, tx, steps, state, log):
+    """The paper's probe: every step a forward pass of a new crop + flip view of each image."""
+    from dcjax.train import view_config
+
+    e = config.eval
+    probes, opt_state, stats = state
+    n, batch = len(splits.train), e.batch_size
     train_step, eval_step = make_probe_fns(conv_features(net, poolings), tx, e.linear_normalize)
     rows = rows_sharding(mesh)
     view = dataclasses.replace(view_config(config), crop_scale=tuple(e.crop_scale))
@@ -229,9 +259,7 @@ def linear_probe(config: ml_collections.ConfigDict, net: Network, splits: Splits
             probes, opt_state, stats, losses = train_step(probes, opt_state, stats, net.variables,
                                                           images, labels)
             sums = {name: sums[name] + losses[name] for name in names}
-        mean = {name: float(sums[name]) / steps for name in names}
-        history.append(mean)
-        log(f"probe epoch {epoch}: train loss " + " ".join(f"{k} {v:.3f}" for k, v in mean.items()))
+        history.append(_log_epoch(log, epoch, sums, steps))
     correct = {name: 0 for name in names}
     for b in progress(pipeline.ordered_batches(splits.test, view_config(config), batch,
                                                **loader_options(config)), desc="probe test"):
@@ -240,14 +268,89 @@ def linear_probe(config: ml_collections.ConfigDict, net: Network, splits: Splits
         mask = jax.make_array_from_process_local_data(rows, b["mask"])
         counts = eval_step(probes, stats, net.variables, images, labels, mask)
         correct = {name: correct[name] + int(counts[name]) for name in names}
-    m = len(splits.test)
-    layers = {name: {"top1": correct[name] / m, "dim": p.dim, "pooling": p.describe(),
-                     "final_train_loss": history[-1][name] if history else None}
-              for name, p in zip(names, poolings)}
-    return {"layers": layers, "epochs": e.linear_epochs, "normalize": bool(e.linear_normalize),
-            "lr": e.linear_lr, "weight_decay": e.linear_weight_decay,
-            "crop_scale": list(e.crop_scale), "flip": bool(d.flip),
-            "train_images": n, "test_images": m, "seconds": time.time() - t0}
+    return correct, history, {}
+
+
+CACHE_DTYPE = jnp.float16
+
+
+def _center_views(config, net, splits, mesh, poolings, names, tx, steps, state, log):
+    """The fast variant: each split's centre-view pooled features computed once (one forward pass),
+    kept row-sharded on the devices as float16 (all layers side by side), and the classifiers
+    trained on shuffled batches of those rows."""
+    from dcjax.evaluate.features import extract
+    from dcjax.train import view_config
+
+    e = config.eval
+    probes, opt_state, stats = state
+    batch = e.batch_size
+    bounds = np.cumsum([0] + [p.dim for p in poolings])
+    features = conv_features(net, poolings)
+
+    def concatenated(params, batch_stats, images):
+        feats = features((params, batch_stats), images)
+        return jnp.concatenate([feats[name] for name in names], axis=-1).astype(CACHE_DTYPE)
+
+    t0 = time.time()
+    cached = {}
+    for split, source in (("train", splits.train), ("test", splits.test)):
+        f = extract(jax.jit(concatenated), net.variables, source, view_config(config), batch,
+                    int(bounds[-1]), mesh, loader_options(config), desc=f"{split} features",
+                    dtype=CACHE_DTYPE)
+        if not bool(_all_finite(f.rows)):
+            raise ValueError(f"the {split} split's pooled conv features overflow float16; use "
+                             f"config.eval.linear_views='augmented'")
+        labels = put(f.row_labels, rows_sharding(mesh))
+        cached[split] = (f, labels)
+    feature_seconds = time.time() - t0
+    log(f"centre-view features of {len(splits.train)} + {len(splits.test)} images "
+        f"({int(bounds[-1])} values each) in {feature_seconds:.0f} s")
+
+    def split_rows(variables, x):
+        del variables
+        x = x.astype(jnp.float32)
+        return {name: x[:, a:b] for name, a, b in zip(names, bounds[:-1], bounds[1:])}
+
+    train_step, eval_step = make_probe_fns(split_rows, tx, e.linear_normalize)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    take = _take_fn(rows_sharding(mesh))
+    train, train_labels = cached["train"]
+    positions = np.flatnonzero(train.valid).astype(np.int32)
+    history = []
+    for epoch in range(e.linear_epochs):
+        order = np.random.default_rng([config.seed, 7919, epoch]).permutation(positions)
+        sums = {name: 0.0 for name in names}
+        for idx in progress(order[: steps * batch].reshape(steps, batch), total=steps,
+                            desc=f"probe epoch {epoch}"):
+            x, y, _ = take(train.rows, train_labels, put(idx, replicated))
+            probes, opt_state, stats, losses = train_step(probes, opt_state, stats, (), x, y)
+            sums = {name: sums[name] + losses[name] for name in names}
+        history.append(_log_epoch(log, epoch, sums, steps))
+    test, test_labels = cached["test"]
+    correct = {name: 0 for name in names}
+    for start in range(0, test.valid.shape[0], batch):
+        x, y, valid = take(test.rows, test_labels,
+                           put(np.arange(start, start + batch, dtype=np.int32), replicated))
+        counts = eval_step(probes, stats, (), x, y, valid)
+        correct = {name: correct[name] + int(counts[name]) for name in names}
+    return correct, history, {"feature_seconds": feature_seconds}
+
+
+@jax.jit
+def _all_finite(x: jax.Array) -> jax.Array:
+    return jnp.all(jnp.isfinite(x))
+
+
+@functools.lru_cache(maxsize=8)
+def _take_fn(sharding: jax.sharding.NamedSharding) -> Callable:
+    """(rows [R, D], labels [R], positions [B]) -> the B rows, their labels and which are real
+    images (labels >= 0), laid out by `sharding`."""
+
+    def take(rows, labels, idx):
+        y = labels[idx]
+        return rows[idx], jnp.maximum(y, 0), y >= 0
+
+    return jax.jit(take, out_shardings=(sharding, sharding, sharding))
 
 
 # ------------------------------------------------------------------ raw pixels

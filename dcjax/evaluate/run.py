@@ -6,9 +6,13 @@ from __future__ import annotations
 PROTOCOLS = ("linear", "knn", "clustering")
 
 
-def result_name(protocol: str, init: str, features: str) -> str:
+def result_name(protocol: str, init: str, features: str, views: str = "augmented") -> str:
+    """eval/<name>.json: linear | linear_random | linear_pixels (and linear_center,
+    linear_center_random for the centre-view probe), likewise knn_*, clustering_*."""
     if features == "pixels":
         return f"{protocol}_pixels"
+    if protocol == "linear" and views == "center":
+        protocol = "linear_center"
     return protocol if init == "trained" else f"{protocol}_{init}"
 
 
@@ -56,7 +60,8 @@ def evaluate(config, workdir: str, protocol: str, init: str = "trained", feature
               "features": features, "checkpoint_step": net.step if net is not None else None,
               "dataset": config.data.name, "eval_split": config.data.eval_split,
               "devices": jax.device_count(), **result}
-    path = common.write_result(workdir, result_name(protocol, init, features), result)
+    name = result_name(protocol, init, features, config.eval.linear_views)
+    path = common.write_result(workdir, name, result)
     if jax.process_index() == 0:
         print(format_result(protocol, result))
         print(f"written to {path}")

@@ -3,7 +3,8 @@ r"""The paper's Table 1 for one run, from its eval/*.json: `python -m dcjax.eval
 Rows: DeepCluster (the run's checkpoint), random init (`--init=random`), raw pixels
 (`--features=pixels`); columns: linear-probe top-1 of each conv layer (pixels: one column), kNN top-1
 on fc7 and PCA-whitened fc7, and NMI of k-means with k = #classes on the held-out split. Missing
-evaluations print as '-'.
+evaluations print as '-'. `--linear_views=center` takes the conv columns from the centre-view probe
+(`--config.eval.linear_views=center`, eval/linear_center*.json) instead of the paper's.
 """
 
 from __future__ import annotations
@@ -22,18 +23,23 @@ def _load(workdir: Path, name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def table(workdir: str | Path) -> str:
+def _linear_name(suffix: str, views: str) -> str:
+    return f"linear_center{suffix}" if views == "center" and suffix != "_pixels" else f"linear{suffix}"
+
+
+def table(workdir: str | Path, linear_views: str = "augmented") -> str:
     workdir = Path(workdir)
     layers: list[str] = []
     for _, suffix in ROWS:
-        lin = _load(workdir, f"linear{suffix}")
+        lin = _load(workdir, _linear_name(suffix, linear_views))
         for name in (lin or {}).get("layers", {}):
             if name not in layers and name != "pixels":
                 layers.append(name)
     header = ["features", *layers, "linear on pixels", "kNN", "kNN (PCA-whitened)", "k-means NMI"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, suffix in ROWS:
-        lin, knn, clu = (_load(workdir, f"{p}{suffix}") for p in ("linear", "knn", "clustering"))
+        lin = _load(workdir, _linear_name(suffix, linear_views))
+        knn, clu = (_load(workdir, f"{p}{suffix}") for p in ("knn", "clustering"))
         cells = [label]
         for name in [*layers, "pixels"]:
             r = (lin or {}).get("layers", {}).get(name)
@@ -55,10 +61,12 @@ def main(argv):
         print(f"error: {workdir / 'eval'} does not exist: run python -m dcjax.evaluate first",
               file=sys.stderr)
         sys.exit(2)
-    print(table(workdir))
+    print(table(workdir, flags.FLAGS.linear_views))
 
 
 if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "A run's directory with eval/*.json.")
+    flags.DEFINE_enum("linear_views", "augmented", ["augmented", "center"],
+                      "Which linear probe fills the conv columns.")
     flags.mark_flag_as_required("workdir")
     app.run(main)
