@@ -201,11 +201,13 @@ def test_missing_checkpoint_is_a_config_error(tmp_path):
 def test_sweep_of_two_values(tmp_path):
     root = tmp_path / "sweep"
     args = [sys.executable, str(ROOT / "launch" / "sweep.py"), "--config=configs/digits.py:smoke",
-            f"--root={root}", "--sweep=clustering.k=5,10", "--set=eval.knn_k=5", "--eval=knn"]
+            f"--root={root}", "--sweep=clustering.k=5,10", "--set=eval.knn_k=5",
+            "--set=eval.linear_epochs=1", "--eval=knn,linear_center"]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     printed = subprocess.run(args + ["--print_only"], cwd=ROOT, env=env, capture_output=True,
                              text=True, timeout=60)
-    assert printed.returncode == 0 and len(printed.stdout.strip().splitlines()) == 4
+    assert printed.returncode == 0 and len(printed.stdout.strip().splitlines()) == 6
+    assert "--config.eval.linear_views=center" in printed.stdout
     assert not root.exists()  # printing runs nothing
     out = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -214,10 +216,11 @@ def test_sweep_of_two_values(tmp_path):
     rows = list(csv.DictReader(open(root / "sweep.csv")))
     assert [r["clustering.k"] for r in rows] == ["5", "10"]
     assert all(0.0 < float(r["knn_fc7"]) <= 1.0 and r["final_nmi_labels"] for r in rows)
+    assert all(0.0 < float(r["linear_center_best"]) <= 1.0 for r in rows)
     assert "| clustering.k |" in (root / "sweep.md").read_text()
     assert (root / "sweep.png").stat().st_size > 1000
     again = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and again.stdout.count("done already") == 4
+    assert again.returncode == 0 and again.stdout.count("done already") == 6
 
 
 def test_table_gathers_the_rows(trained_run):
