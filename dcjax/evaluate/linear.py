@@ -39,7 +39,7 @@ import optax
 from jax.sharding import Mesh
 
 from dcjax.clustering.pca import apply_pca, fit_pca
-from dcjax.clustering.sharding import put
+from dcjax.clustering.sharding import check_features, put
 from dcjax.data import pipeline
 from dcjax.data.pipeline import normalize
 from dcjax.evaluate.common import Network, Splits, loader_options, rows_sharding
@@ -215,7 +215,8 @@ def linear_probe(config: ml_collections.ConfigDict, net: Network, splits: Splits
     probes = put(init_probes(dims, splits.info.num_classes), replicated)
     stats = put(init_norm_stats(dims), replicated) if e.linear_normalize else None
     opt_state = jax.jit(tx.init, out_shardings=replicated)(probes)
-    run = _augmented_views if e.linear_views == "augmented" else _center_views
+    augmented = e.linear_views == "augmented"
+    run = _augmented_views if augmented else _center_views
     correct, history, extra = run(config, net, splits, mesh, poolings, names, tx, steps,
                                   (probes, opt_state, stats), log)
     m = len(splits.test)
@@ -225,8 +226,8 @@ def linear_probe(config: ml_collections.ConfigDict, net: Network, splits: Splits
     return {"layers": layers, "views": e.linear_views, "epochs": e.linear_epochs,
             "normalize": bool(e.linear_normalize), "lr": e.linear_lr,
             "weight_decay": e.linear_weight_decay,
-            "crop_scale": list(e.crop_scale) if e.linear_views == "augmented" else None,
-            "flip": bool(d.flip) if e.linear_views == "augmented" else None,
+            "crop_scale": list(e.crop_scale) if augmented else None,
+            "flip": bool(d.flip) if augmented else None,
             "train_images": n, "test_images": m, **extra, "seconds": time.time() - t0}
 
 
@@ -297,9 +298,8 @@ def _center_views(config, net, splits, mesh, poolings, names, tx, steps, state, 
         f = extract(jax.jit(concatenated), net.variables, source, view_config(config), batch,
                     int(bounds[-1]), mesh, loader_options(config), desc=f"{split} features",
                     dtype=CACHE_DTYPE)
-        if not bool(_all_finite(f.rows)):
-            raise ValueError(f"the {split} split's pooled conv features overflow float16; use "
-                             f"config.eval.linear_views='augmented'")
+        check_features(f.rows, f"the {split} split's float16 centre-view conv features "
+                       f"(config.eval.linear_views='augmented' does not cache them)")
         labels = put(f.row_labels, rows_sharding(mesh))
         cached[split] = (f, labels)
     feature_seconds = time.time() - t0
@@ -334,11 +334,6 @@ def _center_views(config, net, splits, mesh, poolings, names, tx, steps, state, 
         counts = eval_step(probes, stats, (), x, y, valid)
         correct = {name: correct[name] + int(counts[name]) for name in names}
     return correct, history, {"feature_seconds": feature_seconds}
-
-
-@jax.jit
-def _all_finite(x: jax.Array) -> jax.Array:
-    return jnp.all(jnp.isfinite(x))
 
 
 @functools.lru_cache(maxsize=8)
