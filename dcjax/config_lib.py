@@ -15,7 +15,8 @@ from dcjax.models import ARCHITECTURES
 
 BACKENDS = ("jax", "faiss", "auto")
 PRECISIONS = ("highest", "tf32_3x", "bf16_3x", "bf16_6x")  # dcjax.clustering.kmeans.PRECISIONS
-LINEAR_VIEWS = ("augmented", "center")  # config.eval.linear_views
+LINEAR_VIEWS = ("augmented", "translate", "center")  # config.eval.linear_views
+LINEAR_SCHEDULES = ("cosine", "reference")  # config.eval.linear_schedule
 SAMPLERS = ("uniform", "natural")
 DTYPES = ("float32", "bfloat16")
 
@@ -80,12 +81,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 256  # global
     c.eval.linear_epochs = 10
-    c.eval.linear_lr = 0.01  # SGD momentum 0.9, cosine decay to 0 over the probe's epochs
+    c.eval.linear_lr = 0.01  # SGD momentum 0.9
+    # 'cosine': decayed to 0 over the probe's epochs; 'reference': eval_linear.py's
+    # lr / sqrt(1 + lr * weight_decay * step), nearly constant
+    c.eval.linear_schedule = "cosine"
     c.eval.linear_momentum = 0.9
     c.eval.linear_weight_decay = 1e-4
     c.eval.linear_normalize = False  # True: standardise each pooled feature (needs a lower lr)
     c.eval.crop_scale = (0.08, 1.0)  # the probe's training views; flip follows data.flip
-    # 'augmented': the paper's probe, a forward pass of a new crop + flip view at every step;
+    # 'augmented': the paper's probe, a forward pass of a new crop + flip view at every step
+    # (RandomResizedCrop with eval.crop_scale); 'translate': the same with the reference
+    # eval_linear.py's views, the centre view shifted by up to 16/224 of its side, + flip;
     # 'center': each image's centre-view features computed once and cached (float16), the classifiers
     # trained on those (a fast diagnostic: one forward pass per split instead of one per probe epoch)
     c.eval.linear_views = "augmented"
@@ -182,6 +188,8 @@ def validate_eval(config: ml_collections.ConfigDict, num_devices: int = 1) -> No
              f"config.eval.crop_scale={tuple(e.crop_scale)} must satisfy 0 < min <= max <= 1")
     _require(e.linear_views in LINEAR_VIEWS,
              f"config.eval.linear_views={e.linear_views!r} must be one of {LINEAR_VIEWS}")
+    _require(e.linear_schedule in LINEAR_SCHEDULES,
+             f"config.eval.linear_schedule={e.linear_schedule!r} must be one of {LINEAR_SCHEDULES}")
     _require(e.knn_weights in ("distance", "uniform"),
              f"config.eval.knn_weights={e.knn_weights!r} must be 'distance' or 'uniform'")
 

@@ -30,16 +30,18 @@ flags.DEFINE_string("config", None, "Config file (with ':arg'), as for dcjax.mai
 flags.DEFINE_string("root", None, "Directory holding one workdir per combination.")
 flags.DEFINE_multi_string("sweep", [], "'path=v1,v2,...': values of one config field.")
 flags.DEFINE_multi_string("set", [], "'path=value': an override shared by every run.")
-flags.DEFINE_list("eval", [], "Protocols to run after training (linear, linear_center, knn, "
-                  "clustering); linear_center is the fast centre-view probe.")
+flags.DEFINE_list("eval", [], "Protocols to run after training (linear, linear_translate, "
+                  "linear_center, knn, clustering); linear_translate is the probe on the reference's "
+                  "shifted views, linear_center the fast centre-view probe.")
 flags.DEFINE_bool("print_only", False, "Print the commands instead of running them.")
 flags.DEFINE_bool("collect_only", False, "Only collect existing results into the tables.")
 flags.DEFINE_string("python", sys.executable, "Interpreter for the runs.")
 
-PROTOCOLS = ("linear", "linear_center", "knn", "clustering")
+PROTOCOLS = ("linear", "linear_translate", "linear_center", "knn", "clustering")
 # The evaluate arguments of each protocol (the linear probe's views are set explicitly, so that a
 # --set on the run's config cannot send its result to another file).
 EVAL_ARGS = {"linear": ["--protocol=linear", "--config.eval.linear_views=augmented"],
+             "linear_translate": ["--protocol=linear", "--config.eval.linear_views=translate"],
              "linear_center": ["--protocol=linear", "--config.eval.linear_views=center"],
              "knn": ["--protocol=knn"], "clustering": ["--protocol=clustering"]}
 
@@ -86,7 +88,7 @@ def collect(workdir: Path, combo: dict[str, str]) -> dict:
     if knn.exists():
         for name, v in json.loads(knn.read_text())["features"].items():
             row[f"knn_{name}"] = v
-    for prefix in ("linear", "linear_center"):
+    for prefix in ("linear", "linear_translate", "linear_center"):
         linear = workdir / "eval" / f"{prefix}.json"
         if linear.exists():
             layers = json.loads(linear.read_text())["layers"]
@@ -119,6 +121,7 @@ def write_tables(root: Path, rows: list[dict]) -> tuple[Path, Path]:
 def plot(root: Path, key: str, rows: list[dict]) -> Path | None:
     """ROOT/sweep.png: the final metrics against the one swept field (log axis when numeric)."""
     metrics = [("linear_best", "linear probe, best layer"),
+               ("linear_translate_best", "probe on shifted views, best layer"),
                ("linear_center_best", "centre-view probe, best layer"), ("knn_fc7", "kNN top-1, fc7"),
                ("final_nmi_labels", "NMI(k-means of final net, labels)")]
     present = [(m, label) for m, label in metrics if any(r.get(m) is not None for r in rows)]

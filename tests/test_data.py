@@ -219,6 +219,52 @@ def test_random_resized_crop_box_respects_scale_and_ratio():
         assert 0.07 * 8000 <= h * w <= 8000
 
 
+def _shifted_windows(image, side, margin):
+    """Every window of `image` padded by `margin` zeros whose offset from the centre is in
+    [-margin, margin]^2 (the translate view without flip), keyed by that offset."""
+    padded = np.pad(image, ((margin, margin), (margin, margin), (0, 0)))
+    top, left = (image.shape[0] - side) // 2 + margin, (image.shape[1] - side) // 2 + margin
+    return {(dy, dx): padded[top + dy: top + dy + side, left + dx: left + dx + side]
+            for dy in range(-margin, margin + 1) for dx in range(-margin, margin + 1)}
+
+
+@pytest.mark.parametrize("source_side,resize,side,margin", [(256, 256, 224, 16), (32, 32, 32, 2),
+                                                            (64, 64, 64, 5)])
+def test_translate_view_is_the_centre_window_shifted_by_whole_pixels(source_side, resize, side,
+                                                                     margin):
+    # The reference probe's views: RandomCrop(224) of a 256 px square is the centre 224 window
+    # shifted by -16..16 px; where the deterministic view has no margin (32 px), zero padding.
+    rng = np.random.default_rng(0)
+    image = rng.integers(1, 255, (source_side, source_side, 3), dtype=np.uint8)
+    view = pipeline.ViewConfig(image_size=side, resize_size=resize, crop="translate", flip=False)
+    windows = _shifted_windows(image, side, margin)
+    seen = set()
+    for seed in range(300):
+        out = pipeline.train_view(image, view, np.random.default_rng(seed))
+        assert out.shape == (side, side, 3)
+        match = [k for k, w in windows.items() if np.array_equal(out, w)]
+        assert len(match) == 1, f"seed {seed}: not a whole-pixel shift of the centre window"
+        seen.add(match[0])
+    full = set(range(-margin, margin + 1))
+    assert {dy for dy, _ in seen} == full and {dx for _, dx in seen} == full
+
+
+def test_translate_view_flips_and_bad_crop_is_refused():
+    image = np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    view = pipeline.ViewConfig(image_size=32, resize_size=32, crop="translate")
+    windows = _shifted_windows(image, 32, 2)
+    flipped = 0
+    for seed in range(50):
+        out = pipeline.train_view(image, view, np.random.default_rng(seed))
+        if not any(np.array_equal(out, w) for w in windows.values()):
+            flipped += 1
+            assert any(np.array_equal(out[:, ::-1], w) for w in windows.values())
+    assert 10 <= flipped <= 40
+    with pytest.raises(ValueError, match="crop"):
+        pipeline.train_view(image, pipeline.ViewConfig(32, 32, crop="tencrop"),
+                            np.random.default_rng(0))
+
+
 def test_prepare_cli_reports_bad_source(tmp_path):
     result = subprocess.run([sys.executable, "-m", "dcjax.data.prepare",
                              f"--source={tmp_path}/nothing", "--name=x",

@@ -130,8 +130,9 @@ def stripes(n: int, rng) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-@pytest.mark.parametrize("views", ["augmented", "center"])
-def test_linear_probe_separates_a_trivial_dataset(tmp_path, views):
+@pytest.mark.parametrize("views,schedule", [("augmented", "cosine"), ("center", "cosine"),
+                                            ("translate", "reference")])
+def test_linear_probe_separates_a_trivial_dataset(tmp_path, views, schedule):
     rng = np.random.default_rng(0)
     (x_tr, y_tr), (x_te, y_te) = stripes(256, rng), stripes(128, rng)
     np.savez(tmp_path / "stripes.npz", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
@@ -140,13 +141,15 @@ def test_linear_probe_separates_a_trivial_dataset(tmp_path, views):
     # The untrained network's deeper activations are large: a smaller step than ImageNet's 0.01.
     c = digits_smoke(**{"data.name": "stripes", "clustering.k": 2, "eval.linear_epochs": 4,
                         "eval.crop_scale": (0.5, 1.0), "eval.linear_lr": 0.001,
-                        "eval.linear_views": views})
+                        "eval.linear_views": views, "eval.linear_schedule": schedule})
     result = evaluate(c, str(tmp_path), "linear", init="random")
     top1 = {name: r["top1"] for name, r in result["layers"].items()}
     assert min(top1.values()) >= 0.95, top1
-    name = "linear_random" if views == "augmented" else "linear_center_random"
+    name = "linear_random" if views == "augmented" else f"linear_{views}_random"
     saved = json.loads((tmp_path / "eval" / f"{name}.json").read_text())
     assert saved["init"] == "random" and saved["views"] == views
+    assert saved["schedule"] == schedule
+    assert (saved["crop_scale"] is not None) == (views == "augmented")
 
 
 def test_protocols_on_a_trained_run(trained_run):
@@ -254,3 +257,21 @@ def test_bad_linear_views_is_a_config_error():
 
     with pytest.raises(ConfigError, match="linear_views"):
         validate(digits_smoke(**{"eval.linear_views": "tencrop"}))
+    with pytest.raises(ConfigError, match="linear_schedule"):
+        validate(digits_smoke(**{"eval.linear_schedule": "step"}))
+
+
+def test_reference_probe_schedule_is_eval_linears():
+    import jax.numpy as jnp
+
+    from dcjax.evaluate.linear import probe_optimizer
+
+    c = digits_smoke(**{"eval.linear_schedule": "reference", "eval.linear_lr": 0.5,
+                        "eval.linear_weight_decay": 0.1, "eval.linear_momentum": 0.0})
+    tx = probe_optimizer(c, 1000)
+    params = {"w": jnp.zeros(())}
+    state = tx.init(params)
+    for step in range(4):  # gradient 1 and w = 0: the update is -lr(step) (decay term is 0 * wd)
+        updates, state = tx.update({"w": jnp.ones(())}, state, params)
+        expected = 0.5 / np.sqrt(1 + 0.5 * 0.1 * step)
+        np.testing.assert_allclose(float(updates["w"]), -expected, rtol=1e-6)

@@ -4,7 +4,8 @@ Two views of a dataset:
   * `ordered_batches`: the deterministic view (resize shorter side + centre crop) of every image
     exactly once, in index order, the last batch padded and masked. Used for feature extraction and
     evaluation.
-  * `train_batches`: augmented views (RandomResizedCrop scale 0.08-1, ratio 3/4-4/3, horizontal flip)
+  * `train_batches`: augmented views (RandomResizedCrop scale 0.08-1, ratio 3/4-4/3, horizontal flip;
+    or, with `crop='translate'`, the reference linear probe's random crop of a slightly enlarged image)
     of the images at a caller-given index array (DeepCluster's sampler output), in that order.
     Augmentation randomness is a function of (seed, position), so a run resumed mid-epoch
     (`start_batch`) sees exactly the batches an uninterrupted run would have seen.
@@ -38,6 +39,31 @@ class ViewConfig:
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
     flip: bool = True
+    # 'resized': RandomResizedCrop (crop_scale, crop_ratio). 'translate': the reference linear probe's
+    # training view, the deterministic view's window shifted by whole pixels (crop_scale unused).
+    crop: str = "resized"
+
+
+CROPS = ("resized", "translate")
+# The reference probe trains on RandomCrop(224) of the 256 px centre square and tests on its centre
+# 224 crop: the test window shifted by up to 16 px each way, 16/224 of the crop's side.
+TRANSLATE_FRACTION = 16.0 / 224.0
+
+
+def translate_crop_box(h: int, w: int, view: ViewConfig,
+                       rng: np.random.Generator) -> tuple[float, float, float]:
+    """(top, left, side) in source pixels of `center_view`'s window shifted by a uniform whole-pixel
+    offset in [-m, m] on each axis of the resized grid, m = round(image_size * 16 / 224).
+
+    With resize_size 256 and image_size 224 this is the reference's Resize(256), CenterCrop(256),
+    RandomCrop(224); where resize_size leaves no margin (32 px CIFAR: m = 2) the window may leave the
+    image and `train_view` pads it with zeros, as the usual pad-and-crop.
+    """
+    scale = view.resize_size / min(h, w)  # resized pixels per source pixel
+    side = view.image_size / scale
+    m = int(round(view.image_size * TRANSLATE_FRACTION))
+    dy, dx = (int(v) for v in rng.integers(-m, m + 1, size=2))
+    return (h - side) / 2.0 + dy / scale, (w - side) / 2.0 + dx / scale, side
 
 
 def decode_image(value: Any) -> np.ndarray:
@@ -101,10 +127,21 @@ def random_resized_crop_box(h: int, w: int, rng: np.random.Generator,
 
 
 def train_view(image: np.ndarray, view: ViewConfig, rng: np.random.Generator) -> np.ndarray:
-    """RandomResizedCrop to `image_size` and a random horizontal flip: [S, S, 3] uint8."""
+    """A random crop (`view.crop`) resized to `image_size` and a random horizontal flip:
+    [S, S, 3] uint8."""
     h, w = image.shape[:2]
-    top, left, ch, cw = random_resized_crop_box(h, w, rng, view.crop_scale, view.crop_ratio)
-    out = _resize(image, (view.image_size, view.image_size), (left, top, left + cw, top + ch))
+    size = (view.image_size, view.image_size)
+    if view.crop == "translate":
+        top, left, side = translate_crop_box(h, w, view, rng)
+        pad = int(math.ceil(max(0.0, -top, -left, top + side - h, left + side - w)))
+        if pad:
+            image = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+        out = _resize(image, size, (left + pad, top + pad, left + pad + side, top + pad + side))
+    elif view.crop == "resized":
+        top, left, ch, cw = random_resized_crop_box(h, w, rng, view.crop_scale, view.crop_ratio)
+        out = _resize(image, size, (left, top, left + cw, top + ch))
+    else:
+        raise ValueError(f"view crop {view.crop!r} must be one of {CROPS}")
     if view.flip and rng.random() < 0.5:
         out = out[:, ::-1]
     return np.ascontiguousarray(out)

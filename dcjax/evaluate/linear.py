@@ -5,6 +5,10 @@ The output of each conv layer's ReLU (after BN, before pooling) is average-poole
 and flattened; one linear classifier per layer is trained on it with SGD (momentum 0.9, weight
 decay, cosine-decayed learning rate) on crop + flip augmented views of the training split, all five
 in one jitted step over one forward pass. Top-1 is measured on the centre view of the held-out split.
+The crops are RandomResizedCrop (config.eval.crop_scale) by default; config.eval.linear_views=
+'translate' uses the reference eval_linear.py's instead (the centre view shifted by whole pixels, up
+to 16/224 of its side, RandomCrop(224) of a 256 px image), and config.eval.linear_schedule=
+'reference' its learning rate lr / sqrt(1 + lr * weight_decay * step) instead of the cosine.
 config.eval.linear_normalize (off by default, as in the reference) standardises each pooled feature
 before its classifier, as a BatchNorm without scale and shift (batch statistics in training, running
 averages in testing); standardised 9k-dimensional inputs need a learning rate well below 0.01.
@@ -117,7 +121,13 @@ def choose_pooling(model_name: str, image_size: int, shapes: list[tuple[int, ...
 
 def probe_optimizer(config: ml_collections.ConfigDict, total_steps: int):
     e = config.eval
-    schedule = optax.cosine_decay_schedule(e.linear_lr, max(total_steps, 1))
+    if e.linear_schedule == "reference":
+        lr, wd = e.linear_lr, e.linear_weight_decay
+
+        def schedule(step):
+            return lr / jnp.sqrt(1.0 + lr * wd * step)
+    else:
+        schedule = optax.cosine_decay_schedule(e.linear_lr, max(total_steps, 1))
     return optax.chain(optax.add_decayed_weights(e.linear_weight_decay),
                        optax.sgd(schedule, momentum=e.linear_momentum or None))
 
@@ -215,7 +225,7 @@ def linear_probe(config: ml_collections.ConfigDict, net: Network, splits: Splits
     probes = put(init_probes(dims, splits.info.num_classes), replicated)
     stats = put(init_norm_stats(dims), replicated) if e.linear_normalize else None
     opt_state = jax.jit(tx.init, out_shardings=replicated)(probes)
-    augmented = e.linear_views == "augmented"
+    augmented = e.linear_views in ("augmented", "translate")
     run = _augmented_views if augmented else _center_views
     correct, history, extra = run(config, net, splits, mesh, poolings, names, tx, steps,
                                   (probes, opt_state, stats), log)
@@ -225,8 +235,9 @@ def linear_probe(config: ml_collections.ConfigDict, net: Network, splits: Splits
               for name, p in zip(names, poolings)}
     return {"layers": layers, "views": e.linear_views, "epochs": e.linear_epochs,
             "normalize": bool(e.linear_normalize), "lr": e.linear_lr,
+            "schedule": e.linear_schedule,
             "weight_decay": e.linear_weight_decay,
-            "crop_scale": list(e.crop_scale) if augmented else None,
+            "crop_scale": list(e.crop_scale) if e.linear_views == "augmented" else None,
             "flip": bool(d.flip) if augmented else None,
             "train_images": n, "test_images": m, **extra, "seconds": time.time() - t0}
 
@@ -246,7 +257,8 @@ def _augmented_views(config, net, splits, mesh, poolings, names, tx, steps, stat
     n, batch = len(splits.train), e.batch_size
     train_step, eval_step = make_probe_fns(conv_features(net, poolings), tx, e.linear_normalize)
     rows = rows_sharding(mesh)
-    view = dataclasses.replace(view_config(config), crop_scale=tuple(e.crop_scale))
+    crop = "translate" if e.linear_views == "translate" else "resized"
+    view = dataclasses.replace(view_config(config), crop_scale=tuple(e.crop_scale), crop=crop)
     history = []
     for epoch in range(e.linear_epochs):
         order = np.random.default_rng([config.seed, 7919, epoch]).permutation(n)

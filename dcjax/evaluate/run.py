@@ -8,11 +8,12 @@ PROTOCOLS = ("linear", "knn", "clustering")
 
 def result_name(protocol: str, init: str, features: str, views: str = "augmented") -> str:
     """eval/<name>.json: linear | linear_random | linear_pixels (and linear_center,
-    linear_center_random for the centre-view probe), likewise knn_*, clustering_*."""
+    linear_center_random for the centre-view probe, linear_translate* for the reference's views),
+    likewise knn_*, clustering_*."""
     if features == "pixels":
         return f"{protocol}_pixels"
-    if protocol == "linear" and views == "center":
-        protocol = "linear_center"
+    if protocol == "linear" and views in ("center", "translate"):
+        protocol = f"linear_{views}"
     return protocol if init == "trained" else f"{protocol}_{init}"
 
 

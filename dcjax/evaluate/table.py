@@ -4,7 +4,8 @@ Rows: DeepCluster (the run's checkpoint), random init (`--init=random`), raw pix
 (`--features=pixels`); columns: linear-probe top-1 of each conv layer (pixels: one column), kNN top-1
 on fc7 and PCA-whitened fc7, and NMI of k-means with k = #classes on the held-out split. Missing
 evaluations print as '-'. `--linear_views=center` takes the conv columns from the centre-view probe
-(`--config.eval.linear_views=center`, eval/linear_center*.json) instead of the paper's.
+(`--config.eval.linear_views=center`, eval/linear_center*.json) instead of the paper's,
+`--linear_views=translate` from the probe on the reference's shifted views (eval/linear_translate*.json).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ def _load(workdir: Path, name: str) -> dict | None:
 
 
 def _linear_name(suffix: str, views: str) -> str:
-    return f"linear_center{suffix}" if views == "center" and suffix != "_pixels" else f"linear{suffix}"
+    if views in ("center", "translate") and suffix != "_pixels":
+        return f"linear_{views}{suffix}"
+    return f"linear{suffix}"
 
 
 def table(workdir: str | Path, linear_views: str = "augmented") -> str:
@@ -66,7 +69,7 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "A run's directory with eval/*.json.")
-    flags.DEFINE_enum("linear_views", "augmented", ["augmented", "center"],
+    flags.DEFINE_enum("linear_views", "augmented", ["augmented", "translate", "center"],
                       "Which linear probe fills the conv columns.")
     flags.mark_flag_as_required("workdir")
     app.run(main)
