@@ -56,3 +56,19 @@ def test_gpu_benchmarks():
     bad = subprocess.run(["bash", "launch/gpu_benchmarks.sh", "/tmp/gpu_out", "nope"], cwd=ROOT,
                          env=dict(os.environ, DRY_RUN="1"), capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown benchmark: nope" in bad.stderr
+
+
+def test_gpu_cifar10_runs_training_then_both_probes_on_both_networks():
+    out = [line.strip() for line in dry_run("launch/gpu_cifar10.sh", "/tmp/c10", "90",
+                                             PYTHON="python3", EXTRA="--config.num_epochs=60")
+           .splitlines()]
+    assert out[0].startswith("python3 -m dcjax.data.prepare --source=../shared/data/cifar10-jpg")
+    assert out[1].startswith("timeout -s TERM 90 python3 -m dcjax.main --config=configs/cifar10.py "
+                             "--workdir=/tmp/c10/run --config.optim.lr=0.025")
+    evals = [line for line in out if "-m dcjax.evaluate " in line]
+    assert len(evals) == 8 and all("--workdir=/tmp/c10/run" in line for line in evals)
+    for views in ("augmented", "translate"):
+        for init in ("trained", "random"):
+            assert sum(f"linear_views={views} --init={init}" in line for line in evals) == 1
+    assert all(line.endswith("--config.num_epochs=60") for line in out[1:2] + evals)
+    assert sum("dcjax.evaluate.table" in line for line in out) == 2
