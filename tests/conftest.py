@@ -1,17 +1,10 @@
-"""Test set-up: 4 fake CPU devices (YNN fusions off), a private data dir, and the shared real data
-when present."""
+"""Test set-up: 4 fake CPU devices, a private data dir, and the shared real data when present."""
 
 import os
 import sys
 from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
-# jaxlib 0.10.2's XLA:CPU YNN fusions have crash bugs that strike asynchronously, on a worker thread,
-# so the traceback lands wherever Python is (jax-ml/jax#39257, #40412). The suite aborted so twice
-# on a loaded 2-core machine, with no Python error, in the centre-view probe test. They are off here
-# (an empty fusion-type list); subprocesses inherit the setting.
-if "ynn_fusion_type" not in os.environ["XLA_FLAGS"]:
-    os.environ["XLA_FLAGS"] += " --xla_cpu_experimental_ynn_fusion_type="
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402

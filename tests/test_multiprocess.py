@@ -47,8 +47,7 @@ def records(workdir):
 def start_two_processes(args: list[str]) -> list[subprocess.Popen]:
     """`python -m <args>` as processes 0 and 1 of one job, 2 fake CPU devices each."""
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=2 "
-                         "--xla_cpu_experimental_ynn_fusion_type=")  # as conftest
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
     port = free_port()
     return [subprocess.Popen(
         [sys.executable, "-m", *args, f"--coordinator_address=localhost:{port}",
