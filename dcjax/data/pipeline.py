@@ -5,7 +5,8 @@ Two views of a dataset:
     exactly once, in index order, the last batch padded and masked. Used for feature extraction and
     evaluation.
   * `train_batches`: augmented views (RandomResizedCrop scale 0.08-1, ratio 3/4-4/3, horizontal flip;
-    or, with `crop='translate'`, the reference linear probe's random crop of a slightly enlarged image)
+    or, with `crop='translate'`, the reference linear probe's: the deterministic view shifted by whole
+    pixels)
     of the images at a caller-given index array (DeepCluster's sampler output), in that order.
     Augmentation randomness is a function of (seed, position), so a run resumed mid-epoch
     (`start_batch`) sees exactly the batches an uninterrupted run would have seen.

@@ -16,7 +16,11 @@ from pathlib import Path
 
 from absl import app, flags
 
-ROWS = (("DeepCluster", ""), ("random init", "_random"), ("raw pixels", "_pixels"))
+from dcjax.evaluate.run import result_name
+
+# (label, init, features) of each row; its files are named by `result_name`, as evaluate writes them.
+ROWS = (("DeepCluster", "trained", "network"), ("random init", "random", "network"),
+        ("raw pixels", "trained", "pixels"))
 
 
 def _load(workdir: Path, name: str) -> dict | None:
@@ -24,25 +28,19 @@ def _load(workdir: Path, name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _linear_name(suffix: str, views: str) -> str:
-    if views in ("center", "translate") and suffix != "_pixels":
-        return f"linear_{views}{suffix}"
-    return f"linear{suffix}"
-
-
 def table(workdir: str | Path, linear_views: str = "augmented") -> str:
     workdir = Path(workdir)
     layers: list[str] = []
-    for _, suffix in ROWS:
-        lin = _load(workdir, _linear_name(suffix, linear_views))
+    for _, init, features in ROWS:
+        lin = _load(workdir, result_name("linear", init, features, linear_views))
         for name in (lin or {}).get("layers", {}):
             if name not in layers and name != "pixels":
                 layers.append(name)
     header = ["features", *layers, "linear on pixels", "kNN", "kNN (PCA-whitened)", "k-means NMI"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, suffix in ROWS:
-        lin = _load(workdir, _linear_name(suffix, linear_views))
-        knn, clu = (_load(workdir, f"{p}{suffix}") for p in ("knn", "clustering"))
+    for label, init, features in ROWS:
+        lin = _load(workdir, result_name("linear", init, features, linear_views))
+        knn, clu = (_load(workdir, result_name(p, init, features)) for p in ("knn", "clustering"))
         cells = [label]
         for name in [*layers, "pixels"]:
             r = (lin or {}).get("layers", {}).get(name)
