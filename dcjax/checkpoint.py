@@ -7,19 +7,62 @@ One checkpoint per save holds three items:
   * `meta`: JSON: epoch, batch position within the epoch, whether the epoch's training is done,
     the metric history, the partial metrics of the current epoch, the config.
 Every random choice of a run is a function of (config.seed, epoch, step), so this is the whole RNG
-state. Saving is atomic (Orbax writes a temporary folder and renames it); a latest checkpoint that
-cannot be read is reported and the one before it is used.
+state. Saving is atomic (Orbax writes a temporary folder and renames it).
+
+Nothing is ever deleted because it did not load (docs/reliability.md):
+  * a checkpoint whose arrays have other shapes than the requested state is a config mismatch:
+    `CheckpointMismatch` is raised before anything is written;
+  * a checkpoint that cannot be read (truncated, damaged) is reported and moved aside to
+    `checkpoints/unreadable/<step>`, and the newest readable one is used; if none can be read, all
+    are left in place and `CheckpointError` says so;
+  * a step that already exists is never replaced.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+
+class CheckpointError(ValueError):
+    """No checkpoint of a workdir can be read; they are all left as they are."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """A checkpoint holds arrays of other shapes than the requested config gives."""
+
+
+def _path_str(path) -> str:
+    parts = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+    return "/".join(parts)
+
+
+def shapes(tree: Any) -> dict[str, tuple]:
+    """{'params/conv1/kernel': shape, ...} of the arrays of `tree` (any pytree of shaped leaves)."""
+    return {_path_str(p): tuple(leaf.shape)
+            for p, leaf in jax.tree_util.tree_leaves_with_path(tree) if hasattr(leaf, "shape")}
+
+
+def shape_differences(saved: dict[str, tuple], wanted: dict[str, tuple]) -> list[str]:
+    out = []
+    for name in sorted(set(saved) | set(wanted)):
+        a, b = saved.get(name), wanted.get(name)
+        if a != b:
+            out.append(f"{name}: checkpoint {a if a is not None else 'absent'}, "
+                       f"config {b if b is not None else 'absent'}")
+    return out
 
 
 class Checkpointer:
@@ -33,39 +76,77 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
-    def save(self, step: int, state: Any, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    def save(self, step: int, state: Any, arrays: dict[str, np.ndarray], meta: dict) -> bool:
+        """Writes checkpoint `step`; returns False (and writes nothing) if it exists already."""
         if step in self._manager.all_steps():
-            # The same position again (an interrupt right after a save, or a rerun past an
-            # unreadable checkpoint): replace it.
-            self._manager.delete(step)
+            print(f"warning: checkpoint {step} exists already; it is kept as it is")
+            return False
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             arrays=ocp.args.StandardSave({k: np.asarray(v) for k, v in arrays.items()}),
             meta=ocp.args.JsonSave(meta)), force=True)
         self._manager.wait_until_finished()
+        return True
+
+    def saved_shapes(self, step: int) -> dict[str, tuple] | None:
+        """The array shapes of checkpoint `step`'s state, or None if its metadata is unreadable."""
+        try:
+            metadata = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "state")
+            return shapes(getattr(metadata, "item_metadata", metadata))
+        except Exception:  # noqa: BLE001 - unreadable metadata: the restore will say more
+            return None
 
     def restore_latest(self, abstract_state: Any,
                        step: int | None = None) -> tuple[int, Any, dict, dict] | None:
         """(step, state, arrays, meta) of the newest readable checkpoint (of `step` only, when
-        given), or None if there is none."""
+        given), or None if there is none. Unreadable newer ones are moved aside; see module doc."""
         wanted = step
+        unreadable: list[tuple[int, str]] = []
         for step in reversed(self.steps()):
             if wanted is not None and step != wanted:
                 continue
+            saved = self.saved_shapes(step)
+            if saved is not None:
+                differences = shape_differences(saved, shapes(abstract_state))
+                if differences:
+                    raise CheckpointMismatch(
+                        f"checkpoint {step} in {self.directory} holds arrays of other shapes than "
+                        f"this config gives ({len(differences)} differ, e.g. {differences[0]}); "
+                        f"it was written with another config: use a new --workdir")
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state),
                     arrays=ocp.args.StandardRestore(),
                     meta=ocp.args.JsonRestore()))
             except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back to older
-                logging.warning("checkpoint %d in %s cannot be read (%s: %s); trying the previous one",
-                                step, self.directory, type(e).__name__, str(e).splitlines()[0])
+                reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"[:300]
+                logging.warning("checkpoint %d in %s cannot be read (%s)", step, self.directory,
+                                reason)
                 print(f"warning: checkpoint {step} is unreadable ({type(e).__name__}); "
-                      f"using an earlier one")
+                      f"trying an earlier one")
+                unreadable.append((step, reason))
                 continue
             arrays = {k: np.asarray(v) for k, v in restored["arrays"].items()}
+            if unreadable:
+                self._set_aside([s for s, _ in unreadable])
             return step, restored["state"], arrays, dict(restored["meta"])
+        if unreadable:
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} can be read (steps "
+                f"{', '.join(str(s) for s, _ in unreadable)}; newest: {unreadable[0][1]}); they are "
+                f"left as they are: use a new --workdir, or move them away to start over")
         return None
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Moves unreadable checkpoints to checkpoints/unreadable/ (never deletes them), so new
+        checkpoints of the same steps can be written."""
+        aside = self.directory / "unreadable"
+        aside.mkdir(exist_ok=True)
+        for step in steps:
+            target = aside / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+            shutil.move(str(self.directory / str(step)), str(target))
+            print(f"warning: unreadable checkpoint {step} moved to {target}")
+        self._manager.reload()
 
     def close(self) -> None:
         self._manager.close()

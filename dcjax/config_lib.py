@@ -7,7 +7,9 @@ any work and stops a bad value with one sentence naming the field.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 
@@ -23,6 +25,28 @@ DTYPES = ("float32", "bfloat16")
 
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the field."""
+
+
+# Resume policy (docs/reliability.md): once a workdir has a checkpoint, the fields of FROZEN give
+# its saved state its meaning and may not change; those of RESUMABLE only change how the run goes
+# on and may (the change is logged). Every config field is in exactly one (a test checks).
+FROZEN = (
+    "seed", "batch_size", "reassign",
+    "data.name", "data.train_split", "data.image_size", "data.resize_size", "data.crop_scale",
+    "data.flip",
+    "model.name", "model.sobel", "model.fc_dim", "model.widths", "model.dropout", "model.dtype",
+    "clustering.k", "clustering.pca_dim", "clustering.iterations", "clustering.sampler",
+    "optim.lr", "optim.momentum", "optim.weight_decay", "optim.head_lr", "optim.head_weight_decay",
+)
+RESUMABLE = (
+    "num_epochs", "checkpoint_every_steps", "keep_checkpoints", "log_every_steps",
+    "pixel_baseline", "visualize_every_epochs", "eval_every_epochs",
+    "data.data_dir", "data.eval_split", "data.num_threads", "data.num_workers", "data.prefetch",
+    "clustering.backend", "clustering.chunk_size", "clustering.precision",
+    "eval.batch_size", "eval.linear_epochs", "eval.linear_lr", "eval.linear_schedule",
+    "eval.linear_momentum", "eval.linear_weight_decay", "eval.linear_normalize", "eval.crop_scale",
+    "eval.linear_views", "eval.probe_dim", "eval.pixel_pca_dim", "eval.knn_k", "eval.knn_weights",
+)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -102,10 +126,40 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def flat_fields(config: Any, prefix: str = "") -> dict[str, Any]:
+    """{dotted path: value} of every leaf of a ConfigDict or of its JSON dict (tuples as lists)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, (dict, ml_collections.ConfigDict)):
+            out.update(flat_fields(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def resume_changes(saved: dict, requested: ml_collections.ConfigDict) -> tuple[list, list]:
+    """(frozen, resumable) lists of (field, saved value, requested value) that differ between a
+    run's saved config (its config.json) and the requested one. A field the saved config lacks (a
+    run from an older dcjax) counts as its base_config default."""
+    old, new = flat_fields(saved), flat_fields(requested)
+    default = flat_fields(base_config())
+    frozen, resumable = [], []
+    for field in sorted(set(new) | set(old)):
+        a = old.get(field, default.get(field))
+        b = new.get(field, default.get(field))
+        if a != b:
+            (frozen if field not in RESUMABLE else resumable).append((field, a, b))
+    return frozen, resumable
+
+
 def _platform() -> str:
     import jax
 
     return jax.devices()[0].platform
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -163,10 +217,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require(cl.pca_dim <= m.fc_dim, f"config.clustering.pca_dim={cl.pca_dim} exceeds the "
              f"feature dimension config.model.fc_dim={m.fc_dim}")
     for key in ("lr", "head_lr"):
-        _require(o[key] > 0, f"config.optim.{key}={o[key]} must be positive")
+        _require(_finite(o[key]) and o[key] > 0,
+                 f"config.optim.{key}={o[key]} must be a positive finite number")
     for key in ("weight_decay", "head_weight_decay"):
-        _require(o[key] >= 0, f"config.optim.{key}={o[key]} must be non-negative")
-    _require(0 <= o.momentum < 1, f"config.optim.momentum={o.momentum} must be in [0, 1)")
+        _require(_finite(o[key]) and o[key] >= 0,
+                 f"config.optim.{key}={o[key]} must be a non-negative finite number")
+    _require(_finite(o.momentum) and 0 <= o.momentum < 1,
+             f"config.optim.momentum={o.momentum} must be in [0, 1)")
+    _require(cl.k >= 2, f"config.clustering.k={cl.k}: one cluster gives every image the same "
+             "pseudo-label, so there is nothing to learn; use k >= 2")
     validate_eval(config, num_devices)
 
 
@@ -178,9 +237,11 @@ def validate_eval(config: ml_collections.ConfigDict, num_devices: int = 1) -> No
     _positive_int(config, "eval_every_epochs", minimum=0)
     _require(e.batch_size % num_devices == 0,
              f"config.eval.batch_size={e.batch_size} is not divisible by the {num_devices} devices")
-    _require(e.linear_lr > 0, f"config.eval.linear_lr={e.linear_lr} must be positive")
-    _require(e.linear_weight_decay >= 0,
-             f"config.eval.linear_weight_decay={e.linear_weight_decay} must be non-negative")
+    _require(_finite(e.linear_lr) and e.linear_lr > 0,
+             f"config.eval.linear_lr={e.linear_lr} must be a positive finite number")
+    _require(_finite(e.linear_weight_decay) and e.linear_weight_decay >= 0,
+             f"config.eval.linear_weight_decay={e.linear_weight_decay} must be a non-negative "
+             "finite number")
     _require(0 <= e.linear_momentum < 1,
              f"config.eval.linear_momentum={e.linear_momentum} must be in [0, 1)")
     lo_s, hi_s = tuple(e.crop_scale)
@@ -207,6 +268,9 @@ def validate_against_data(config: ml_collections.ConfigDict, split_sizes: dict[s
              f"dataset {d.name!r} has {n} images in split {d.train_split!r}")
     _require(config.batch_size <= n, f"config.batch_size={config.batch_size} but the dataset "
              f"{d.name!r} has {n} images in split {d.train_split!r}")
+    _require(config.clustering.pca_dim <= n, f"config.clustering.pca_dim="
+             f"{config.clustering.pca_dim} but the dataset {d.name!r} has {n} images in split "
+             f"{d.train_split!r}: PCA gives at most one component per image")
 
 
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:

@@ -1,7 +1,9 @@
 r"""Command line: `python -m dcjax.main --config=configs/<x>.py --workdir=DIR [--config.a.b=v ...]`.
 
-Only parses flags and hands over to `dcjax.train.train_and_evaluate(config, workdir)`. Bad
-configuration values and missing or damaged data stop with one line on stderr and exit code 2.
+Only parses flags and hands over to `dcjax.train.train_and_evaluate(config, workdir)`. Exit codes
+(docs/reliability.md): 0 done; 2 bad input (a flag, a config value, the workdir, the data, a config
+that differs from the workdir's run), one line on stderr and nothing written; 3 the loss diverged
+(the last checkpoint is kept); 128 + signal number after SIGINT / SIGTERM (rerun to resume).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from dcjax import distributed  # noqa: E402
+from dcjax import cli, distributed  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file (':arg' allowed).",
@@ -29,24 +31,27 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # library INFO chatter hides the run's own output
+    workdir = cli.require_workdir(FLAGS.workdir)
     try:
         distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(str(e))
+    from dcjax.checkpoint import CheckpointError
     from dcjax.config_lib import ConfigError
     from dcjax.data.datasets import DataError
-    from dcjax.train import Interrupted, train_and_evaluate
+    from dcjax.stopping import EXIT_DIVERGED, Diverged, Interrupted
+    from dcjax.train import train_and_evaluate
 
     try:
-        train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        train_and_evaluate(FLAGS.config, workdir)
+    except (ConfigError, DataError, CheckpointError) as e:
+        cli.fail(str(e))
+    except Diverged as e:
+        cli.fail(str(e), EXIT_DIVERGED)
     except Interrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
         sys.exit(128 + e.signum)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

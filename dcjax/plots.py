@@ -28,6 +28,9 @@ def plot_nmi(history: list[dict[str, Any]], path: Path) -> None:
         points = [(e, h[key]) for e, h in zip(epochs, history) if h.get(key) is not None]
         if points:
             ax.plot(*zip(*points), marker="o")
+        elif key == "nmi_labels":
+            ax.text(0.5, 0.5, "no labels: this dataset has none\n(or none for the training split)",
+                    ha="center", va="center", transform=ax.transAxes, color="0.4")
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(alpha=0.3)

@@ -26,20 +26,31 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def report(workdir: str | Path) -> str:
+    """The per-epoch table of a run and its final comparison ('-' where a value is absent, as on
+    an unlabeled dataset)."""
+    path = Path(workdir) / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = [table(records)]
+    summary = Path(workdir) / "summary.json"
+    if summary.exists():
+        s = json.loads(summary.read_text())
+        extra = {k: v for k, v in s.items() if k.startswith(("final_", "pixel_"))}
+        if extra:
+            out.append("\n" + ", ".join(f"{k} = {'-' if v is None else format(v, '.4f')}"
+                                        for k, v in extra.items()))
+        if "final_nmi_labels" in s and s["final_nmi_labels"] is None:
+            out.append("(the dataset has no labels: the label metrics are '-')")
+    return "\n".join(out)
+
+
 def main(argv):
     del argv
     path = Path(FLAGS.workdir) / "metrics.jsonl"
     if not path.exists():
         print(f"error: {path} does not exist", file=sys.stderr)
         sys.exit(2)
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    print(table(records))
-    summary = Path(FLAGS.workdir) / "summary.json"
-    if summary.exists():
-        s = json.loads(summary.read_text())
-        extra = {k: v for k, v in s.items() if k.startswith(("final_", "pixel_"))}
-        if extra:
-            print("\n" + ", ".join(f"{k} = {v:.4f}" for k, v in extra.items()))
+    print(report(FLAGS.workdir))
 
 
 if __name__ == "__main__":

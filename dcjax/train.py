@@ -16,7 +16,6 @@ import dataclasses
 import functools
 import json
 import math
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -28,14 +27,14 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from dcjax import metrics
+from dcjax import faults, metrics
 from dcjax.checkpoint import Checkpointer, abstract_like
 from dcjax.clustering import pca_whiten, run_kmeans, sample_epoch
 from dcjax.clustering.kmeans import assign
 from dcjax.clustering.sharding import AXIS, default_mesh
-from dcjax.config_lib import ConfigError, validate, validate_against_data
+from dcjax.config_lib import ConfigError, resume_changes, validate, validate_against_data
 from dcjax.data import pipeline
-from dcjax.data.datasets import DatasetInfo, open_split
+from dcjax.data.datasets import DataError, DatasetInfo, open_split
 from dcjax.evaluate.common import loader_options
 from dcjax.evaluate.features import extract, progress, write_rows_fn
 from dcjax.models import create_model
@@ -47,16 +46,9 @@ from dcjax.plots import (
     write_epoch_plots,
 )
 from dcjax.step import TrainState, create_train_state, make_feature_fn, make_train_step, reset_head
+from dcjax.stopping import Diverged, Interrupted, StopSignal
+from dcjax.workdir import WorkdirError, WorkdirLock, check_workdir, create_workdir
 from dcjax.writers import MetricWriter
-
-
-class Interrupted(Exception):
-    """Raised after a checkpoint was saved on SIGTERM / SIGINT."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"stopped by signal {signum}; checkpoint saved, rerun to resume")
-        self.signum = signum
-
 
 # ======================================================================== set-up
 
@@ -88,6 +80,7 @@ class Run:
     feature_fn: Any
     write_rows: Any
     eval_source: Any = None  # the held-out split, when kNN runs during training
+    stop: StopSignal = dataclasses.field(default_factory=StopSignal)
 
     @property
     def rows(self) -> NamedSharding:
@@ -135,10 +128,24 @@ def extract_features(run: Run, state: TrainState):
     valid [R] bool (False on the padding of the last batch), image [R] int64 (the dataset index of
     each row, -1 on padding) and true labels [N] int32 in dataset order.
     """
+    every = run.config.log_every_steps
+
+    def on_batch(done: int, total: int) -> None:
+        faults.point("extract_batch")
+        run.stop.check("feature extraction", done, total, every)
+
     f = extract(run.feature_fn, (state.params, state.batch_stats), run.source,
                 view_config(run.config), run.config.batch_size, run.config.model.fc_dim, run.mesh,
-                run.loader_options(), run.write_rows)
+                run.loader_options(), run.write_rows, on_batch=on_batch)
     return f.rows, f.valid, f.image, f.labels
+
+
+def _kmeans_poll(run: Run):
+    def on_iteration(done: int, total: int) -> None:
+        faults.point("kmeans_iteration")
+        run.stop.check("k-means", done, total)
+
+    return on_iteration
 
 
 def cluster(run: Run, state: TrainState, epoch: int, previous: np.ndarray | None) -> tuple:
@@ -148,15 +155,18 @@ def cluster(run: Run, state: TrainState, epoch: int, previous: np.ndarray | None
     features, valid, image, labels = extract_features(run, state)
     jax.block_until_ready(features)
     t1 = time.time()
+    faults.point("pca")
     reduced, _ = pca_whiten(features, c.clustering.pca_dim, chunk_size=c.clustering.chunk_size,
                             mesh=run.mesh, valid=valid)
     jax.block_until_ready(reduced)
+    run.stop.check("PCA", 1, 1)
     del features
     t2 = time.time()
     result = run_kmeans(reduced, c.clustering.k, backend=c.clustering.backend,
                         iterations=c.clustering.iterations, seed=c.seed + epoch,
                         chunk_size=c.clustering.chunk_size, mesh=run.mesh, valid=valid,
-                        verbose=jax.process_index() == 0, precision=c.clustering.precision)
+                        verbose=jax.process_index() == 0, precision=c.clustering.precision,
+                        on_iteration=_kmeans_poll(run))
     t3 = time.time()
     assignment = np.empty(run.num_images, np.int32)
     assignment[image[valid]] = result.assignment[valid]
@@ -211,12 +221,14 @@ def label_metrics(labels: np.ndarray, assignment: np.ndarray, info: DatasetInfo)
 
 
 def train_epoch(run: Run, state: TrainState, epoch: int, indices: np.ndarray,
-                assignment: np.ndarray, partial: dict, start_step: int, stop: dict, save,
+                assignment: np.ndarray, partial: dict, start_step: int, save,
                 writer: MetricWriter) -> TrainState:
     """One epoch of SGD on the pseudo-labels of `indices`, from batch `start_step`.
 
-    Checkpoints every `checkpoint_every_steps` global steps and, then raising Interrupted, when a
-    signal arrived. `partial` carries the epoch's running sums across a resume.
+    Checkpoints every `checkpoint_every_steps` global steps. On a signal it checkpoints and raises
+    Interrupted (at the epoch's last batch it returns, and the loop's end-of-epoch checkpoint comes
+    first). A non-finite loss raises Diverged, and no checkpoint is ever written from a state whose
+    loss or parameters are not finite. `partial` carries the epoch's running sums across a resume.
     """
     c = run.config
     steps = len(indices) // c.batch_size
@@ -230,6 +242,7 @@ def train_epoch(run: Run, state: TrainState, epoch: int, indices: np.ndarray,
 
     def checkpoint(done: int) -> None:
         nonlocal t0
+        check_finite(state, loss_sum, epoch, done)
         partial.update(loss_sum=float(loss_sum), acc_sum=float(acc_sum),
                        time_train=partial.get("time_train", 0.0) + time.time() - t0)
         t0 = time.time()
@@ -237,6 +250,7 @@ def train_epoch(run: Run, state: TrainState, epoch: int, indices: np.ndarray,
 
     for s, batch in enumerate(progress(batches, total=steps - start_step, desc=f"epoch {epoch}"),
                               start=start_step):
+        faults.point("train_batch")
         images = run.global_array(batch["image"])
         labels = run.global_array(assignment[batch["index"]].astype(np.int32))
         state, m = run.train_step(state, images, labels, key)
@@ -245,35 +259,31 @@ def train_epoch(run: Run, state: TrainState, epoch: int, indices: np.ndarray,
         if done % c.log_every_steps == 0 or done == steps:
             loss = float(m["loss"])
             if not math.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss} at epoch {epoch}, batch {done}")
+                raise Diverged(f"loss is {loss} at epoch {epoch}, batch {done}")
             writer.write_scalars(global_step, {"train/loss": loss})
-        if stop_agreed(stop, done, steps, c.log_every_steps):
+        if done < steps and run.stop.agreed(done, steps, c.log_every_steps):
             checkpoint(done)
-            raise Interrupted(stop["signal"])
+            raise Interrupted(run.stop.signum, f"training (epoch {epoch}, batch {done})")
         if c.checkpoint_every_steps and global_step % c.checkpoint_every_steps == 0 and done < steps:
             checkpoint(done)
+    check_finite(state, loss_sum, epoch, steps)
     partial.update(loss_sum=float(loss_sum), acc_sum=float(acc_sum), steps=steps,
                    time_train=partial.get("time_train", 0.0) + time.time() - t0)
     return state
 
 
-def stop_agreed(stop: dict, done: int, steps: int, every: int) -> bool:
-    """Whether to checkpoint and stop after batch `done` of `steps`.
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
-    One process stops at the first batch after a signal. Across processes a signal (SLURM's or a
-    TPU VM's preemption notice) reaches each process at its own moment, and the checkpoint they then
-    write is collective, so they agree first: every `every` batches and at the epoch's last one
-    (where the loss is read back anyway) each process shares its flag, and all stop if any got a
-    signal, at the same batch.
-    """
-    if jax.process_count() == 1:
-        return bool(stop["signal"])
-    if done % every and done != steps:
-        return False
-    signum = int(np.max(multihost_utils.process_allgather(np.int32(stop["signal"]))))
-    if signum:
-        stop["signal"] = signum
-    return bool(signum)
+
+def check_finite(state: TrainState, loss_sum, epoch: int, done: int) -> None:
+    """Raises Diverged unless the epoch's running loss and every parameter are finite."""
+    loss = float(loss_sum)
+    if not math.isfinite(loss):
+        raise Diverged(f"loss became {loss} at epoch {epoch} by batch {done}")
+    if not bool(_all_finite(state.params)):
+        raise Diverged(f"parameters became non-finite at epoch {epoch} by batch {done}")
 
 
 def _mix(seed: int, epoch: int) -> int:
@@ -284,6 +294,7 @@ def _mix(seed: int, epoch: int) -> int:
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
+    """Validates the config against the devices and the data and builds the run; writes nothing."""
     validate(config, num_devices=jax.device_count())
     source, info = open_split(config.data.name, config.data.train_split,
                               config.data.data_dir or None)
@@ -311,26 +322,105 @@ def initial_state(run: Run) -> TrainState:
                    out_shardings=run.replicated)()
 
 
+def saved_config(workdir: Path) -> dict | None:
+    """The config a workdir's checkpoints were written with (config.json, else the newest
+    checkpoint's metadata), or None when the workdir has no checkpoint."""
+    ckpt_dir = workdir / "checkpoints"
+    steps = sorted((int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()),
+                   reverse=True) if ckpt_dir.is_dir() else []
+    if not steps:
+        return None
+    for path in [workdir / "config.json"] + [ckpt_dir / str(s) / "meta" / "metadata" for s in steps]:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        return record.get("config", record) if path.name == "metadata" else record
+    raise WorkdirError(f"--workdir={workdir} has checkpoints but no readable config.json: cannot "
+                       f"tell which config wrote them; use a new --workdir")
+
+
+def check_resume(run: Run) -> list[tuple]:
+    """Stops (ConfigError) when the workdir's checkpoints were written with other values of fields
+    that give saved state its meaning (config_lib.FROZEN); returns the changes that are allowed."""
+    saved = saved_config(run.workdir)
+    if saved is None:
+        return []
+    frozen, allowed = resume_changes(saved, run.config)
+    if frozen:
+        listed = "; ".join(f"{field}: {old!r} in the run, {new!r} now" for field, old, new in frozen)
+        raise ConfigError(f"--workdir={run.workdir} holds a run with another config ({listed}); "
+                          f"these cannot change on a resumed run: use a new --workdir")
+    return allowed
+
+
+def take_lock(run: Run) -> WorkdirLock | None:
+    """Process 0 creates the workdir and locks it; every process learns whether that worked."""
+    lock, problem = None, ""
+    if jax.process_index() == 0:
+        try:
+            create_workdir(run.workdir)
+            lock = WorkdirLock(run.workdir).acquire()
+        except WorkdirError as e:
+            problem = str(e)
+    if jax.process_count() > 1:
+        failed = int(multihost_utils.broadcast_one_to_all(np.int32(bool(problem))))
+        if failed and not problem:
+            problem = f"process 0 could not take --workdir={run.workdir} (see its error)"
+    if problem:
+        raise WorkdirError(problem)
+    return lock
+
+
+def describe_checkpoint(meta: dict | None, step: int | None) -> str:
+    if meta is None:
+        return "no checkpoint was written yet"
+    where = (f"end of epoch {meta['epoch']}" if meta["epoch_done"] else
+             f"epoch {meta['epoch']}, batch {meta['step_in_epoch']}")
+    return f"the last checkpoint ({where}, step {step}) is kept"
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs DeepCluster as `config` says, writing to `workdir`; resumes from its checkpoints.
 
-    Returns the final epoch's record (plus the raw-pixel baseline when configured).
+    Before anything is written the config, the data and the workdir are checked, and a workdir
+    with checkpoints must hold a run of the same config (docs/reliability.md). Returns the final
+    epoch's record (plus the raw-pixel baseline when configured).
     """
-    run = setup(config, workdir)
-    c, lead = config, jax.process_index() == 0
-    run.workdir.mkdir(parents=True, exist_ok=True)
-    if lead:
-        (run.workdir / "config.json").write_text(c.to_json_best_effort(indent=1))
+    path = check_workdir(workdir)
+    run = setup(config, str(path))
+    changes = check_resume(run)
+    lock = take_lock(run)
+    try:
+        with run.stop:
+            return _train(run, changes)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(run: Run, changes: list[tuple]) -> dict:
+    c, lead = run.config, jax.process_index() == 0
     state = initial_state(run)
     ckpt = Checkpointer(run.workdir / "checkpoints", keep=c.keep_checkpoints)
-    writer = MetricWriter(run.workdir, enabled=lead)
-
     history: list[dict] = []
     assignment, indices, partial = None, None, {}
     start_epoch, start_step = 0, 0
-    restored = ckpt.restore_latest(abstract_like(state))
+    try:
+        restored = ckpt.restore_latest(abstract_like(state))
+    except Exception:
+        ckpt.close()
+        raise
+    kept = describe_checkpoint(None, None)
     if restored is not None:
-        _, state, arrays, meta = restored
+        step, state, arrays, meta = restored
+        before = int(meta.get("num_images", arrays["assignment"].shape[0]))
+        if before != run.num_images:
+            ckpt.close()
+            raise DataError(f"dataset {c.data.name!r} split {c.data.train_split!r} has "
+                            f"{run.num_images} images now but had {before} when the checkpoints in "
+                            f"{ckpt.directory} were written; restore that dataset or use a new "
+                            f"--workdir")
         history = meta["history"]
         assignment = arrays["assignment"]
         if meta["epoch_done"]:
@@ -338,24 +428,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         else:
             start_epoch, start_step = meta["epoch"], meta["step_in_epoch"]
             indices, partial = arrays["indices"], meta["partial"]
+        kept = describe_checkpoint(meta, step)
         print(f"resuming from epoch {start_epoch}, batch {start_step} ({ckpt.directory})")
+    if lead:
+        (run.workdir / "config.json").write_text(c.to_json_best_effort(indent=1))
+        if changes:
+            print("resuming with changed settings: " + ", ".join(
+                f"{field} {old!r} -> {new!r}" for field, old, new in changes))
+            with open(run.workdir / "config_changes.jsonl", "a") as f:
+                f.write(json.dumps({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "epoch": start_epoch,
+                                    "changes": [list(x) for x in changes]}) + "\n")
+    writer = MetricWriter(run.workdir, enabled=lead)
     writer.reset(history)
 
-    stop = {"signal": 0}
-
-    def on_signal(signum, frame):
-        stop["signal"] = signum
-
-    previous_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-
     def save(state, epoch, step_in_epoch, epoch_done, partial_record):
+        nonlocal kept
         meta = {"epoch": epoch, "step_in_epoch": step_in_epoch, "epoch_done": epoch_done,
-                "partial": partial_record,
+                "partial": partial_record, "num_images": run.num_images,
                 "history": history, "config": json.loads(c.to_json_best_effort())}
         arrays = {"assignment": assignment.astype(np.int32),
                   # Orbax stores no empty array: a -1 placeholder between epochs.
                   "indices": (np.full(1, -1) if indices is None else indices).astype(np.int32)}
+        faults.point("checkpoint_save")
         ckpt.save(int(state.step), state, arrays, meta)
+        kept = describe_checkpoint(meta, int(state.step))
 
     try:
         for epoch in range(start_epoch, c.num_epochs):
@@ -370,12 +466,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 indices = sample_epoch(c.clustering.sampler, assignment, run.num_images, rng)
                 start_step = 0
             state = train_epoch(run, state, epoch, indices, assignment, partial, start_step,
-                                stop, save, writer)
+                                save, writer)
             record = epoch_record(partial, c.batch_size)
             if c.eval_every_epochs and (epoch + 1) % c.eval_every_epochs == 0:
                 record.update(periodic_knn(run, state))
             history.append(record)
             indices = None
+            check_finite(state, 0.0, epoch, partial["steps"])
             save(state, epoch, partial["steps"], True, {})
             writer.write_epoch(record)
             if lead:
@@ -385,12 +482,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                  run.workdir / "plots" / "conv1_filters.png",
                                  f"conv1 filters after epoch {epoch}")
                 print(format_record(record))
+            if run.stop.agreed(1, 1):  # a signal during the epoch's last batch or its evaluation
+                raise Interrupted(run.stop.signum, f"the end of epoch {epoch}")
+        final = finish(run, state, history, assignment)
+    except Interrupted as e:
+        raise e.with_kept(kept) from None
+    except Diverged as e:
+        raise Diverged(f"{e}: the run diverged; {kept}; rerun with a lower config.optim.lr in a "
+                       f"new --workdir") from None
     finally:
-        for s, handler in previous_handlers.items():
-            signal.signal(s, handler)
         writer.close()
         ckpt.close()
+    return final
 
+
+def finish(run: Run, state: TrainState, history: list[dict], assignment: np.ndarray) -> dict:
+    """The clustering of the trained network, the pixel baseline, summary.json."""
+    c, lead = run.config, jax.process_index() == 0
     final = dict(history[-1]) if history else {}
     if history:
         # The epoch records cluster the network as each epoch began; this clusters the trained one.
@@ -412,9 +520,12 @@ def periodic_knn(run: Run, state: TrainState) -> dict:
 
     t0 = time.time()
     variables = (state.params, state.batch_stats)
-    bank = fc7_features(run.config, run.feature_fn, variables, run.source, run.mesh, "kNN bank")
+    every = run.config.log_every_steps
+    poll = lambda done, total: run.stop.check("kNN evaluation", done, total, every)
+    bank = fc7_features(run.config, run.feature_fn, variables, run.source, run.mesh, "kNN bank",
+                        on_batch=poll)
     test = fc7_features(run.config, run.feature_fn, variables, run.eval_source, run.mesh,
-                        "kNN queries")
+                        "kNN queries", on_batch=poll)
     scores = knn_scores(run.config, bank.rows, bank.row_labels, bank.valid, test.to_numpy(),
                         test.labels, run.info.num_classes, run.mesh)
     return {"knn_top1": scores["raw"], "knn_top1_pca_whitened": scores["pca_whitened"],
@@ -457,5 +568,6 @@ def pixel_baseline(run: Run) -> float:
     result = run_kmeans(x, c.clustering.k, backend=c.clustering.backend,
                         iterations=c.clustering.iterations, seed=c.seed,
                         chunk_size=c.clustering.chunk_size,
-                        mesh=Mesh(np.array(jax.local_devices()), (AXIS,)))
+                        mesh=Mesh(np.array(jax.local_devices()), (AXIS,)),
+                        on_iteration=lambda done, total: run.stop.check_local("the pixel baseline"))
     return metrics.nmi(labels, result.assignment)

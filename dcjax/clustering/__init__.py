@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -18,18 +19,24 @@ BACKENDS = ("jax", "faiss", "auto")
 
 def run_kmeans(features, k: int, *, backend: str = "jax", iterations: int = 20, seed: int = 0,
                chunk_size: int = 8192, mesh: Mesh | None = None, valid: np.ndarray | None = None,
-               verbose: bool = False, precision: str = "highest") -> KMeansResult:
+               verbose: bool = False, precision: str = "highest",
+               on_iteration: Callable[[int, int], None] | None = None) -> KMeansResult:
     """k-means with the chosen backend. 'auto' runs JAX and, only if JAX cannot run it (a device
     runtime error such as running out of memory), falls back to faiss and logs why. `valid` [N]
     bool restricts clustering to those rows (the others get assignment -1). `precision`: the JAX
-    backend's distance matmul (kmeans.PRECISIONS)."""
+    backend's distance matmul (kmeans.PRECISIONS). `on_iteration(done, total)` runs after each
+    JAX iteration, and once after faiss (which cannot be stopped in its middle)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown k-means backend {backend!r}; use one of {BACKENDS}")
     if backend == "faiss":
-        return _faiss(features, k, iterations, seed, valid, verbose)
+        result = _faiss(features, k, iterations, seed, valid, verbose)
+        if on_iteration is not None:
+            on_iteration(iterations, iterations)
+        return result
     try:
         return kmeans(features, k, iterations=iterations, seed=seed, chunk_size=chunk_size,
-                      mesh=mesh, valid=valid, verbose=verbose, precision=precision)
+                      mesh=mesh, valid=valid, verbose=verbose, precision=precision,
+                      on_iteration=on_iteration)
     except (jax.errors.JaxRuntimeError, MemoryError) as e:
         if backend == "jax" or not faiss_available():
             raise

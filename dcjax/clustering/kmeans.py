@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -189,13 +190,15 @@ def _take_rows(features, idx):
 
 def kmeans(features, k: int, *, iterations: int = 20, seed: int = 0, chunk_size: int = 8192,
            initial_centroids=None, mesh: Mesh | None = None, valid: np.ndarray | None = None,
-           verbose: bool = False, precision: str = "highest") -> KMeansResult:
+           verbose: bool = False, precision: str = "highest",
+           on_iteration: Callable[[int, int], None] | None = None) -> KMeansResult:
     """Clusters `features` [N, D] (numpy, or a jax.Array sharded by rows) into k clusters.
 
     Returns the centroids [k, D], the assignment [N] int32 (every cluster non-empty when N >= k),
     the objective of each iteration and the number of empty-cluster splits in each. With `valid`
     [N] bool only those rows are clustered; the others get assignment -1. `precision` names the
-    distance matmul's algorithm (`PRECISIONS`).
+    distance matmul's algorithm (`PRECISIONS`). `on_iteration(done, total)` runs after each
+    iteration has finished (it may raise to stop).
     """
     rows, d = check_features(features, "features")
     check_precision(precision, mesh)
@@ -222,6 +225,9 @@ def kmeans(features, k: int, *, iterations: int = 20, seed: int = 0, chunk_size:
             precision=precision)
         objective.append(obj)
         splits.append(nsplit)
+        if on_iteration is not None:
+            jax.block_until_ready(obj)
+            on_iteration(it + 1, iterations)
     assignment = to_host(assign)[:rows].astype(np.int32)
     assignment[assignment == k] = -1  # rows left out by `valid`
     return KMeansResult(centroids=np.asarray(centroids),

@@ -20,12 +20,13 @@ Normalisation (`normalize`) runs on the device, so the host moves uint8.
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+
+from dcjax.data.images import decode_bytes
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -70,10 +71,7 @@ def translate_crop_box(h: int, w: int, view: ViewConfig,
 def decode_image(value: Any) -> np.ndarray:
     """Encoded bytes (JPEG/PNG) or an array -> [H, W, 3] uint8 RGB."""
     if isinstance(value, (bytes, np.bytes_)):
-        from PIL import Image
-
-        with Image.open(io.BytesIO(value)) as im:
-            return np.asarray(im.convert("RGB"))
+        return decode_bytes(value)
     array = np.asarray(value, dtype=np.uint8)
     if array.ndim == 2:
         array = array[..., None]

@@ -50,6 +50,7 @@ from dcjax.data.datasets import (
     dataset_dir,
     resolve_data_dir,
 )
+from dcjax.data.images import decode_error, needs_conversion, to_rgb8
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _SPLIT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -96,10 +97,14 @@ class ImportReport:
 
 
 def checked_image_bytes(data: bytes, resize_shorter: int = 0) -> bytes:
-    """Fully decodes `data`; returns it as is if JPEG/PNG, else re-encoded as PNG. Raises on failure.
+    """Fully decodes `data`; returns bytes that decode to the image as it is meant to be seen, in
+    8-bit RGB (dcjax.data.images.to_rgb8). Raises on failure.
 
-    With `resize_shorter` > 0, an image whose shorter side is longer than that is resized (bicubic)
-    to that shorter side and stored as JPEG (quality 90): a smaller copy that decodes faster.
+    JPEG and PNG files are kept as they are unless they need converting: a 16-bit or float image
+    is stored as 8-bit PNG, a photo with an EXIF rotation is stored upright (JPEG quality 95 for a
+    JPEG, else PNG); other formats become PNG. With `resize_shorter` > 0, an image whose shorter
+    side is longer than that is resized (bicubic) to that shorter side and stored as JPEG
+    (quality 90): a smaller copy that decodes faster.
     """
     from PIL import Image
 
@@ -107,15 +112,21 @@ def checked_image_bytes(data: bytes, resize_shorter: int = 0) -> bytes:
         im.load()
         w, h = im.size
         if resize_shorter and min(w, h) > resize_shorter:
-            scale = resize_shorter / min(w, h)
-            size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            small = im.convert("RGB").resize(size, Image.BICUBIC)
-            buf = io.BytesIO()
-            small.save(buf, format="JPEG", quality=90)
-            return buf.getvalue()
-        if im.format in _KEEP_FORMATS:
+            rgb = Image.fromarray(to_rgb8(im))
+            scale = resize_shorter / min(rgb.size)
+            size = (max(1, round(rgb.size[0] * scale)), max(1, round(rgb.size[1] * scale)))
+            return _encode_jpeg(rgb.resize(size, Image.BICUBIC), quality=90)
+        if im.format in _KEEP_FORMATS and not needs_conversion(im):
             return data
-        return encode_png(np.asarray(im.convert("RGB")))
+        if im.format == "JPEG":
+            return _encode_jpeg(Image.fromarray(to_rgb8(im)), quality=95)
+        return encode_png(to_rgb8(im))
+
+
+def _encode_jpeg(im, quality: int) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
 
 
 def encode_png(array: np.ndarray) -> bytes:
@@ -407,7 +418,7 @@ def _make_builder(name: str, data_dir: str, class_names: list[str],
             try:
                 image = checked_image_bytes(raw, resize_shorter)
             except Exception as e:  # noqa: BLE001 - any decode failure is reported, not raised
-                report.skipped.append((example_id, f"{type(e).__name__}: {e}".strip()))
+                report.skipped.append((example_id, decode_error(e)))
                 continue
             report.count(split, label)
             yield example_id, {"image": image, "label": label, "id": example_id}

@@ -97,9 +97,10 @@ def _zeros(shape: tuple, sharding: NamedSharding, dtype=jnp.float32):
 
 def extract(feature_fn: Callable, variables: tuple, source: Any, view: pipeline.ViewConfig,
             batch: int, dim: int, mesh: Mesh, loader_options: dict, write_rows: Callable | None = None,
-            desc: str = "features", dtype=jnp.float32) -> Features:
+            desc: str = "features", dtype=jnp.float32,
+            on_batch: Callable[[int, int], None] | None = None) -> Features:
     """`feature_fn(*variables, images) -> [B, dim]` over every image of `source`, sharded rows
-    (stored as `dtype`)."""
+    (stored as `dtype`). `on_batch(done, total)` runs after each batch (it may raise to stop)."""
     ndev, n = mesh.devices.size, len(source)
     nb = math.ceil(n / batch)
     rows_sharding = NamedSharding(mesh, PartitionSpec(AXIS))
@@ -113,6 +114,8 @@ def extract(feature_fn: Callable, variables: tuple, source: Any, view: pipeline.
         buffer = write_rows(buffer, feature_fn(*variables, images), b)
         labels_local.append(host_batch["label"])
         index_local.append(host_batch["index"])
+        if on_batch is not None:
+            on_batch(b + 1, nb)
     # Every process has the same number of rows (padding included), so they gather evenly.
     index = all_processes(np.concatenate(index_local))
     labels = np.empty(n, np.int32)

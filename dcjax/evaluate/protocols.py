@@ -23,11 +23,13 @@ from dcjax.step import make_feature_fn
 
 
 def fc7_features(config: ml_collections.ConfigDict, feature_fn: Callable, variables: tuple,
-                 source: Any, mesh: Mesh, desc: str) -> Features:
+                 source: Any, mesh: Mesh, desc: str,
+                 on_batch: Callable[[int, int], None] | None = None) -> Features:
     from dcjax.train import view_config
 
     return extract(feature_fn, variables, source, view_config(config), config.eval.batch_size,
-                   config.model.fc_dim, mesh, loader_options(config), desc=desc)
+                   config.model.fc_dim, mesh, loader_options(config), desc=desc,
+                   on_batch=on_batch)
 
 
 def knn_scores(config: ml_collections.ConfigDict, bank, bank_labels: np.ndarray, bank_valid,

@@ -1,0 +1,113 @@
+"""Command-line parsing shared by the entry points: a bad flag is one line on stderr and exit 2.
+
+`app.run(main, flags_parser=parse_flags)` replaces absl's parser, which prints a traceback for the
+mistakes users make most: an unknown `--config.a.b` field, a config file that is missing or raises.
+Here each becomes one sentence naming the flag (and the closest valid field names) or the file and
+line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+import traceback
+from pathlib import Path
+
+from absl import flags
+
+FLAGS = flags.FLAGS
+EXIT_USAGE = 2  # bad input: nothing was written
+_OVERRIDE = re.compile(r"^--(config\.[\w.]+)(=.*)?$")
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> None:
+    """Prints `error: message` (one line) on stderr and exits with `code`."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(code)
+
+
+def config_fields(config, prefix: str = "") -> list[str]:
+    """Every leaf field of a ConfigDict as a dotted path ('clustering.k', ...)."""
+    import ml_collections
+
+    out = []
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            out += config_fields(value, f"{prefix}{key}.")
+        else:
+            out.append(prefix + key)
+    return out
+
+
+def _config_spec(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _load(spec: str):
+    """The ConfigDict of `--config=path[:arg]`; raises with a one-line message."""
+    from dcjax.config_lib import load_config_file
+
+    path, _, arg = spec.partition(":")
+    if not Path(path).is_file():
+        raise ValueError(f"--config={spec}: the config file {path} does not exist")
+    try:
+        return load_config_file(path, arg or None)
+    except Exception as e:  # noqa: BLE001 - whatever the file raises is reported with its line
+        frames = [f for f in traceback.extract_tb(e.__traceback__)
+                  if Path(f.filename).resolve() == Path(path).resolve()]
+        where = f"{path}, line {frames[-1].lineno}" if frames else path
+        raise ValueError(f"--config={spec}: the config file raised {type(e).__name__}: {e} "
+                         f"({where})") from None
+
+
+def diagnose(argv: list[str]) -> str | None:
+    """The first problem with `--config` and its `--config.a.b` overrides, or None."""
+    spec = _config_spec(argv)
+    if spec is None:
+        return None
+    try:
+        config = _load(spec)
+    except ValueError as e:
+        return str(e)
+    fields = config_fields(config)
+    sections = {f.rpartition(".")[0] for f in fields}
+    for a in argv:
+        m = _OVERRIDE.match(a)
+        if m is None:
+            continue
+        path = m.group(1).removeprefix("config.")
+        if path in fields or path in sections:
+            continue
+        close = difflib.get_close_matches(path, fields, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join('config.' + c for c in close)}?" if close else \
+            f"; fields are listed in {spec.partition(':')[0]} and dcjax/config_lib.py"
+        return f"--config.{path}: config has no field {path!r}{hint}"
+    return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing with one-line errors (exit 2) instead of tracebacks."""
+    problem = diagnose(argv)
+    if problem is not None:
+        fail(problem)
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        fail(f"{e} (pass --helpfull to list the flags)")
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        fail(f"bad flag value: {e}")
+    return []  # not reached
+
+
+def require_workdir(value: str | None) -> str:
+    """The --workdir flag, refused when missing or empty."""
+    if value is None or not value.strip():
+        fail("--workdir is empty: give the directory for this run's checkpoints and metrics "
+             "(e.g. --workdir=runs/digits)")
+    return value
