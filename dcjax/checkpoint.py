@@ -105,20 +105,23 @@ class Checkpointer:
         for step in reversed(self.steps()):
             if wanted is not None and step != wanted:
                 continue
+            wanted_shapes = shapes(abstract_state)
             saved = self.saved_shapes(step)
-            if saved is not None:
-                differences = shape_differences(saved, shapes(abstract_state))
-                if differences:
-                    raise CheckpointMismatch(
-                        f"checkpoint {step} in {self.directory} holds arrays of other shapes than "
-                        f"this config gives ({len(differences)} differ, e.g. {differences[0]}); "
-                        f"it was written with another config: use a new --workdir")
+            if saved is not None and set(saved) == set(wanted_shapes):
+                self._check_shapes(step, saved, wanted_shapes)
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state),
                     arrays=ocp.args.StandardRestore(),
                     meta=ocp.args.JsonRestore()))
-            except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back to older
+            except Exception as e:  # noqa: BLE001 - see below: a mismatch, or unreadable
+                as_saved = self._restore_as_saved(step)
+                if as_saved is not None:  # readable, but not as this config's state
+                    self._check_shapes(step, shapes(as_saved), wanted_shapes)
+                    raise CheckpointMismatch(
+                        f"checkpoint {step} in {self.directory} does not fit this config's state "
+                        f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}); it was "
+                        f"written with another config: use a new --workdir") from None
                 reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"[:300]
                 logging.warning("checkpoint %d in %s cannot be read (%s)", step, self.directory,
                                 reason)
@@ -136,6 +139,24 @@ class Checkpointer:
                 f"{', '.join(str(s) for s, _ in unreadable)}; newest: {unreadable[0][1]}); they are "
                 f"left as they are: use a new --workdir, or move them away to start over")
         return None
+
+    def _check_shapes(self, step: int, saved: dict, wanted: dict) -> None:
+        differences = shape_differences(saved, wanted)
+        if differences:
+            raise CheckpointMismatch(
+                f"checkpoint {step} in {self.directory} holds arrays of other shapes than this "
+                f"config gives ({len(differences)} differ, e.g. {differences[0]}); it was written "
+                f"with another config: use a new --workdir")
+
+    def _restore_as_saved(self, step: int) -> Any:
+        """Checkpoint `step`'s state as it was saved (its own shapes), or None when any of its
+        items cannot be read."""
+        try:
+            return self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(), arrays=ocp.args.StandardRestore(),
+                meta=ocp.args.JsonRestore()))["state"]
+        except Exception:  # noqa: BLE001 - unreadable
+            return None
 
     def _set_aside(self, steps: list[int]) -> None:
         """Moves unreadable checkpoints to checkpoints/unreadable/ (never deletes them), so new

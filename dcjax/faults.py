@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
+import time
 
 POINTS = ("extract_batch", "pca", "kmeans_iteration", "train_batch", "checkpoint_save")
 
@@ -39,6 +41,8 @@ def point(name: str) -> None:
     if _counts[name] != _SPEC[1]:
         return
     _, _, delay, signum = _SPEC
+    print(f"dcjax fault injection: {signal.Signals(signum).name} at {name} #{_counts[name]}, "
+          f"t={time.time() + delay:.3f}", file=sys.stderr, flush=True)
     if delay <= 0:
         os.kill(os.getpid(), signum)
     else:
