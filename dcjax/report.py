@@ -55,4 +55,6 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flag_as_required("workdir")
-    app.run(main)
+    from dcjax import cli
+
+    app.run(main, flags_parser=cli.parse_flags)

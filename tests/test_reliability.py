@@ -155,7 +155,7 @@ def test_bad_inputs_are_one_line_exit_2_and_write_nothing(tmp_path):
     bad.write_text("def get_config():\n    return undefined_name\n")
     smoke_cfg = "--config=configs/digits.py:smoke"
     fresh = tmp_path / "fresh"
-    readonly = "/proc/dcjax_readonly" if os.geteuid() == 0 else str(tmp_path / "ro" / "run")
+    readonly = "/sys/dcjax_readonly" if os.geteuid() == 0 else str(tmp_path / "ro" / "run")
     if os.geteuid() != 0:
         (tmp_path / "ro").mkdir(mode=0o500)
     cases = [
@@ -242,7 +242,8 @@ def test_checkpoint_of_other_shapes_is_a_mismatch_and_nothing_is_moved(tmp_path)
     _save(ckpt, 1)
     _save(ckpt, 2)
     before = snapshot(tmp_path)
-    with pytest.raises(CheckpointMismatch, match=r"2 differ, e.g. params/b: checkpoint \(3,\), config \(7,\)"):
+    with pytest.raises(CheckpointMismatch,
+                       match=r"2 differ, e.g. params/b: checkpoint \(3,\), config \(7,\)"):
         ckpt.restore_latest(_tiny_state(7))
     assert snapshot(tmp_path) == before
     ckpt.close()
@@ -290,6 +291,7 @@ def _npz_dataset(tmp_path, name, n):
             class_names=["a", "b", "c", "d"], verbose=False)
 
 
+@pytest.mark.slow
 def test_dataset_changed_since_the_checkpoint_is_refused(tmp_path):
     from dcjax.train import train_and_evaluate
 
@@ -307,6 +309,7 @@ def test_dataset_changed_since_the_checkpoint_is_refused(tmp_path):
 # ----------------------------------------------------------------------------- divergence
 
 
+@pytest.mark.slow
 def test_divergence_keeps_the_finished_epochs(tmp_path, monkeypatch):
     """The loss turns NaN in epoch 1: Diverged names it, epoch 0 and its checkpoint stay, and a
     rerun stops the same way without changing anything."""
@@ -458,16 +461,18 @@ def test_faults_in_every_phase_resume_to_the_uninterrupted_result(tmp_path):
     """SIGTERM / SIGINT in extraction, PCA, k-means and training stop the run within seconds;
     then at least 8 SIGKILLs at seeded random moments (extraction, k-means, training, checkpoint
     writing). Resumed after each, the run ends with the clean run's parameters and metrics."""
-    args = ("--config=configs/digits.py:smoke", "--config.num_epochs=2",
+    args = ("--config=configs/digits.py:smoke", "--config.num_epochs=4",
             "--config.checkpoint_every_steps=7")
     clean = cli_run(*args, f"--workdir={tmp_path / 'clean'}")
     assert clean.returncode == 0, clean.stderr[-3000:]
     rng = np.random.default_rng(2026)
     faults = [f"extract_batch:{rng.integers(2, 40)}:0:TERM", "pca:1:0:INT",
-              f"kmeans_iteration:{rng.integers(1, 5)}:0:TERM", f"train_batch:{rng.integers(2, 12)}:0:INT"]
-    choices = [("extract_batch", 40), ("kmeans_iteration", 5), ("train_batch", 12),
+              f"kmeans_iteration:{rng.integers(1, 5)}:0:TERM",
+              f"train_batch:{rng.integers(2, 8)}:0:INT"]
+    # 4 epochs of 44 batches: enough work left that every kill below finds its moment.
+    choices = [("extract_batch", 40), ("kmeans_iteration", 5), ("train_batch", 8),
                ("checkpoint_save", 2)]
-    for _ in range(9):
+    for _ in range(10):
         point, most = choices[rng.integers(len(choices))]
         delay = rng.uniform(0, 0.4) if point == "checkpoint_save" else rng.uniform(0, 0.05)
         faults.append(f"{point}:{rng.integers(1, most + 1)}:{delay:.3f}:KILL")
@@ -491,7 +496,7 @@ def test_faults_in_every_phase_resume_to_the_uninterrupted_result(tmp_path):
     assert final.returncode == 0, final.stderr[-3000:]
     step_a, params_a = final_params(tmp_path / "clean")
     step_b, params_b = final_params(workdir)
-    assert step_a == step_b == 88
+    assert step_a == step_b == 176
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6), params_a,
                  params_b)
     assert metrics_without_times(tmp_path / "clean") == metrics_without_times(workdir)

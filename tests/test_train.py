@@ -188,7 +188,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM
-    assert "checkpoint saved" in proc.stderr.read()
+    assert "the last checkpoint (epoch 0, batch" in proc.stderr.read()
     finished = run_cli(tmp_path)
     assert finished.returncode == 0 and "resuming from epoch" in finished.stdout
     assert len(read_metrics(tmp_path)) == 2

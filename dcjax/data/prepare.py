@@ -533,4 +533,6 @@ if __name__ == "__main__":
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _define_flags()
-    app.run(main)
+    from dcjax import cli
+
+    app.run(main, flags_parser=cli.parse_flags)

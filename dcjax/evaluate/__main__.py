@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from dcjax import distributed  # noqa: E402
+from dcjax import cli, distributed  # noqa: E402
 from dcjax.evaluate.run import PROTOCOLS  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -69,4 +69,4 @@ def with_run_config(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    app.run(main, argv=with_run_config(sys.argv))
+    app.run(main, argv=with_run_config(sys.argv), flags_parser=cli.parse_flags)
