@@ -1,7 +1,7 @@
 r"""The paper's setup: DeepCluster, AlexNet-BN with Sobel on ImageNet (ILSVRC-2012), 224 px.
 
 k = 10,000, 500 epochs, batch 256, SGD lr 0.05, momentum 0.9, weight decay 1e-5, PCA to 256 with
-whitening, 20 k-means iterations, seed 31 (DESIGN.md section 2).
+whitening, 20 k-means iterations, seed 31 (docs/design.md section 2).
 
     python -m dcjax.main --config=configs/imagenet_alexnet.py --workdir=runs/imagenet_alexnet
 

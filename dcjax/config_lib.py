@@ -1,6 +1,6 @@
 """The reference configuration and its validation.
 
-`base_config()` holds the paper's / official code's defaults (DESIGN.md section 2); files in
+`base_config()` holds the paper's / official code's defaults (docs/design.md section 2); files in
 `configs/` start from it and change what their dataset needs. `validate(config, ...)` runs before
 any work and stops a bad value with one sentence naming the field.
 """
@@ -100,7 +100,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.head_lr = 0.05
     c.optim.head_weight_decay = 1e-5
 
-    # Evaluation (python -m dcjax.evaluate; DESIGN.md section 2, "Linear probe protocol").
+    # Evaluation (python -m dcjax.evaluate; docs/design.md section 2, "Linear probe protocol").
     c.eval_every_epochs = 0  # > 0: kNN top-1 on eval_split every this many epochs, in metrics.jsonl
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 256  # global

@@ -4,7 +4,7 @@ The state is replicated over the device mesh and the batch sharded on its 'data'
 the gradient all-reduce and BatchNorm sees the global batch, as the reference's single-GPU batch
 statistics do. The body and the head (`params['top_layer']`) have separate optimizers: the body's
 (SGD with momentum) persists across epochs, the head's (SGD, no momentum) is created anew with the
-head each epoch (DESIGN.md section 1 step 5).
+head each epoch (docs/design.md section 1, step 5).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """DeepCluster training: `train_and_evaluate(config, workdir)`.
 
-Every epoch (DESIGN.md section 1): extract_features (eval mode, deterministic view) -> pca_whiten
+Every epoch (docs/design.md section 1): extract_features (eval mode, deterministic view) -> pca_whiten
 (PCA + whitening + L2) -> kmeans -> NMI against the previous assignment and the true labels ->
 uniform_label_sampler -> reset_head -> train_epoch on augmented views. Re-clustering happens every
 `config.reassign` epochs; the head is reset only then (cluster ids change meaning only then).
@@ -35,9 +35,9 @@ from dcjax.clustering.sharding import AXIS, default_mesh
 from dcjax.config_lib import ConfigError, resume_changes, validate, validate_against_data
 from dcjax.data import pipeline
 from dcjax.data.datasets import DataError, DatasetInfo, open_split
-from dcjax.evaluate.common import loader_options
-from dcjax.evaluate.features import extract, progress, write_rows_fn
-from dcjax.models import create_model
+from dcjax.data.prepare import ensure_embedded
+from dcjax.features import extract, progress, write_rows_fn
+from dcjax.models import from_config
 from dcjax.plots import (
     nearest_to_centroids,
     pick_clusters,
@@ -51,19 +51,6 @@ from dcjax.workdir import WorkdirError, WorkdirLock, check_workdir, create_workd
 from dcjax.writers import MetricWriter
 
 # ======================================================================== set-up
-
-
-def build_model(config: ml_collections.ConfigDict, num_classes: int):
-    m = config.model
-    return create_model(m.name, num_classes, image_size=config.data.image_size, sobel=m.sobel,
-                        fc_dim=m.fc_dim, widths=tuple(m.widths) or None, dropout=m.dropout,
-                        dtype=jnp.dtype(m.dtype))
-
-
-def view_config(config: ml_collections.ConfigDict) -> pipeline.ViewConfig:
-    d = config.data
-    return pipeline.ViewConfig(image_size=d.image_size, resize_size=d.resize_size,
-                               crop_scale=tuple(d.crop_scale), flip=d.flip)
 
 
 @dataclasses.dataclass
@@ -115,7 +102,7 @@ class Run:
         return jax.make_array_from_process_local_data(self.rows, local)
 
     def loader_options(self) -> dict:
-        return loader_options(self.config)
+        return pipeline.loader_options(self.config)
 
 
 # ======================================================================== the method's steps
@@ -135,7 +122,7 @@ def extract_features(run: Run, state: TrainState):
         run.stop.check("feature extraction", done, total, every)
 
     f = extract(run.feature_fn, (state.params, state.batch_stats), run.source,
-                view_config(run.config), run.config.batch_size, run.config.model.fc_dim, run.mesh,
+                pipeline.view_config(run.config), run.config.batch_size, run.config.model.fc_dim, run.mesh,
                 run.loader_options(), run.write_rows, on_batch=on_batch)
     return f.rows, f.valid, f.image, f.labels
 
@@ -199,7 +186,7 @@ def write_cluster_grid(run: Run, assignment: np.ndarray, distance: np.ndarray, e
                        clusters: int = 10, per_cluster: int = 8) -> None:
     """plots/clusters.png: for random clusters, the images nearest their centroid (paper Fig. 4)."""
     chosen = pick_clusters(assignment, clusters, run.config.seed + epoch)
-    view = view_config(run.config)
+    view = pipeline.view_config(run.config)
     rows = [np.stack([pipeline.center_view(pipeline.decode_image(run.source[int(i)]["image"]), view)
                       for i in members])
             for members in nearest_to_centroids(assignment, distance, chosen, per_cluster)]
@@ -232,7 +219,7 @@ def train_epoch(run: Run, state: TrainState, epoch: int, indices: np.ndarray,
     """
     c = run.config
     steps = len(indices) // c.batch_size
-    batches = pipeline.train_batches(run.source, indices, view_config(c), c.batch_size,
+    batches = pipeline.train_batches(run.source, indices, pipeline.view_config(c), c.batch_size,
                                      seed=_mix(c.seed, epoch), start_batch=start_step,
                                      **run.loader_options())
     key = run.train_key
@@ -296,11 +283,12 @@ def _mix(seed: int, epoch: int) -> int:
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Validates the config against the devices and the data and builds the run; writes nothing."""
     validate(config, num_devices=jax.device_count())
+    ensure_embedded(config.data.name, config.data.data_dir or None)
     source, info = open_split(config.data.name, config.data.train_split,
                               config.data.data_dir or None)
     validate_against_data(config, info.split_sizes)
     mesh = default_mesh()
-    model = build_model(config, config.clustering.k)
+    model = from_config(config, config.clustering.k)
     train_step = jax.jit(make_train_step(model, config), donate_argnums=0)
     feature_fn = jax.jit(make_feature_fn(model, "fc7"))
     eval_source = None

@@ -118,9 +118,15 @@ def test_truncated_idx_file_is_a_clear_error(tmp_path):
         prepare(str(d), "bad_idx", str(tmp_path / "tfds"), verbose=False)
 
 
-def test_digits_are_prepared_on_first_use():
-    source, info = open_split("digits", "train")
-    test_source, _ = open_split("digits", "test")
+def test_digits_are_prepared_on_first_use(tmp_path):
+    from dcjax.data.prepare import ensure_embedded
+
+    with pytest.raises(DataError, match="--source=digits"):
+        open_split("digits", "train", str(tmp_path))
+    ensure_embedded("digits", str(tmp_path))
+    ensure_embedded("digits", str(tmp_path))  # once only
+    source, info = open_split("digits", "train", str(tmp_path))
+    test_source, _ = open_split("digits", "test", str(tmp_path))
     assert len(source) + len(test_source) == 1797
     assert info.num_classes == 10
     image = pipeline.decode_image(source[0]["image"])

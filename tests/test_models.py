@@ -149,12 +149,12 @@ def test_bfloat16_compute_with_float32_state():
 
     from dcjax.clustering.kmeans import kmeans
     from dcjax.config_lib import load_config_file
+    from dcjax.models import from_config
     from dcjax.step import create_train_state, make_feature_fn, make_train_step
-    from dcjax.train import build_model
 
     c = load_config_file(str(ROOT / "configs" / "digits.py"), "smoke")
     c.model.dtype = "bfloat16"
-    model = build_model(c, 10)
+    model = from_config(c, 10)
     state = create_train_state(model, c, jax.random.key(0))
     images = jax.random.randint(jax.random.key(1), (32, 32, 32, 3), 0, 256).astype(jnp.uint8)
     labels = jnp.arange(32) % 10

@@ -17,7 +17,7 @@ from conftest import ROOT
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from dcjax.config_lib import load_config_file
-from dcjax.evaluate.features import layout_index
+from dcjax.features import layout_index
 from dcjax.models import create_model
 from dcjax.step import HEAD, create_train_state, make_train_step, reset_head
 from dcjax.train import train_and_evaluate

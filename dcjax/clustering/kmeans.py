@@ -1,4 +1,4 @@
-"""k-means in JAX, sharded over every device: DeepCluster's clustering step (DESIGN.md step 3).
+"""k-means in JAX, sharded over every device: DeepCluster's clustering step (docs/design.md 1.3).
 
 Lloyd iterations from k distinct random points. Each iteration, on the rows each device holds:
   1. assign every row to its nearest centroid by `||c||^2 - 2 x.c` (matmul at float32 accuracy:

@@ -1,4 +1,4 @@
-"""PCA with whitening, then L2 normalisation: DeepCluster's feature reduction (DESIGN.md step 2).
+"""PCA with whitening, then L2 normalisation: DeepCluster's feature reduction (docs/design.md 1.2).
 
 Fit: the mean, then the covariance of the centred features accumulated chunk by chunk by matmul at
 float32 accuracy (`Precision.HIGHEST`), summed over every device with `psum` when the features are

@@ -1,4 +1,4 @@
-"""Drawing an epoch's training indices from the pseudo-labels (DESIGN.md section 1 step 6).
+"""Drawing an epoch's training indices from the pseudo-labels (docs/design.md section 1, step 6).
 
 `uniform_label_sampler` is the paper's: every non-empty cluster contributes the same number of
 images, so a few huge clusters cannot dominate the epoch (the trivial solution). `natural_sampler`

@@ -4,7 +4,8 @@ Two kinds of dataset are read the same way:
   * those imported by `dcjax.data.prepare` (`<data_dir>/<name>/1.0.0/` with `import_report.json`);
   * those TFDS builds itself (imagenet2012 from the manual download, cifar10, imagenette, ...), once
     prepared in ArrayRecord format (`file_format='array_record'`) in the same data dir.
-The embedded default, `digits`, is imported automatically the first time it is asked for.
+The embedded default, `digits`, is imported by `dcjax.data.prepare.ensure_embedded`, which the
+entry points call first (reading never imports: this module does not depend on `prepare`).
 """
 
 from __future__ import annotations
@@ -70,22 +71,17 @@ def _tfds_builder(name: str, data_dir: str):
     return builder
 
 
-def load_builder(name: str, data_dir: str | None = None, auto_prepare: bool = True):
-    """The TFDS builder of dataset `name`, importing the embedded default on first use."""
+def load_builder(name: str, data_dir: str | None = None):
+    """The TFDS builder of dataset `name` (imported by dcjax.data.prepare, or TFDS-prepared)."""
     data_dir = resolve_data_dir(data_dir)
     builder = _imported_builder(name, data_dir)
-    if builder is None and name in EMBEDDED and auto_prepare:
-        from dcjax.data.prepare import prepare
-
-        print(f"preparing the embedded dataset {name!r} in {data_dir} (first use)")
-        prepare(name, name, data_dir)
-        builder = _imported_builder(name, data_dir)
     if builder is None:
         builder = _tfds_builder(name, data_dir)
     if builder is None:
         raise DataError(
             f"dataset {name!r} not found in {data_dir}: import it with "
-            f"`python -m dcjax.data.prepare --source=... --name={name} --data_dir={data_dir}` "
+            f"`python -m dcjax.data.prepare --source={name if name in EMBEDDED else '...'} "
+            f"--name={name} --data_dir={data_dir}` "
             f"or prepare the TFDS dataset of that name in ArrayRecord format there")
     return builder
 

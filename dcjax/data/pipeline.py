@@ -68,6 +68,22 @@ def translate_crop_box(h: int, w: int, view: ViewConfig,
     return (h - side) / 2.0 + dy / scale, (w - side) / 2.0 + dx / scale, side
 
 
+def view_config(config: Any) -> ViewConfig:
+    """The views `config.data` describes."""
+    d = config.data
+    return ViewConfig(image_size=d.image_size, resize_size=d.resize_size,
+                      crop_scale=tuple(d.crop_scale), flip=d.flip)
+
+
+def loader_options(config: Any) -> dict:
+    """This process's share of the data and the loader settings of `config.data`."""
+    import jax
+
+    d = config.data
+    return dict(process_index=jax.process_index(), process_count=jax.process_count(),
+                num_threads=d.num_threads, prefetch=d.prefetch, num_workers=d.num_workers)
+
+
 def decode_image(value: Any) -> np.ndarray:
     """Encoded bytes (JPEG/PNG) or an array -> [H, W, 3] uint8 RGB."""
     if isinstance(value, (bytes, np.bytes_)):

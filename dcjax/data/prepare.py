@@ -45,6 +45,7 @@ import numpy as np
 
 from dcjax.data.datasets import (
     DATASET_VERSION,
+    EMBEDDED,
     REPORT_FILE,
     DataError,
     dataset_dir,
@@ -497,6 +498,17 @@ def prepare(source: str, name: str, data_dir: str | None = None, overwrite: bool
     if verbose:
         print(report.format())
     return report
+
+
+def ensure_embedded(name: str, data_dir: str | None = None) -> None:
+    """Imports the embedded dataset `name` (digits) on first use; does nothing for other names or
+    when it is there already."""
+    if name not in EMBEDDED:
+        return
+    data_dir = resolve_data_dir(data_dir)
+    if not (dataset_dir(name, data_dir) / REPORT_FILE).exists():
+        print(f"preparing the embedded dataset {name!r} in {data_dir} (first use)")
+        prepare(name, name, data_dir)
 
 
 def main(argv: list[str]) -> None:

@@ -1,8 +1,8 @@
-"""Evaluation of learned features the way the paper judges them (DESIGN.md section 2).
+"""Evaluation of learned features the way the paper judges them (docs/design.md section 2).
 
 `python -m dcjax.evaluate --workdir=RUN --protocol=linear|knn|clustering` (see `__main__`):
   * linear: linear probes on each conv layer of the frozen network (`linear.py`);
   * knn: weighted k-nearest-neighbour classification on fc7 and PCA-whitened fc7 (`knn.py`);
-  * clustering: k-means with k = number of classes on the held-out split (`cluster_quality.py`).
-Features are extracted sharded on the devices (`features.py`).
+  * clustering: k-means with k = number of classes on the held-out split (`protocols.py`).
+Features are extracted sharded on the devices (`dcjax/features.py`).
 """

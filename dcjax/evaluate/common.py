@@ -17,6 +17,8 @@ from dcjax.checkpoint import Checkpointer, abstract_like
 from dcjax.clustering.sharding import AXIS, default_mesh
 from dcjax.config_lib import ConfigError, base_config, validate, validate_against_data
 from dcjax.data.datasets import DatasetInfo, open_split
+from dcjax.data.prepare import ensure_embedded
+from dcjax.models import from_config
 from dcjax.step import create_train_state
 
 INITS = ("trained", "random")
@@ -65,12 +67,10 @@ def load_network(config: ml_collections.ConfigDict, workdir: str | Path, init: s
                  step: int | None = None, mesh: Mesh | None = None) -> Network:
     """The run's network: its latest (or `step`) checkpoint, or with init='random' the same
     architecture at the run's own initialisation (config.seed), i.e. the paper's "random" row."""
-    from dcjax.train import build_model
-
     if init not in INITS:
         raise ConfigError(f"--init={init!r} must be one of {INITS}")
     mesh = mesh or default_mesh()
-    model = build_model(config, config.clustering.k)
+    model = from_config(config, config.clustering.k)
     state = jax.jit(lambda: create_train_state(model, config, jax.random.key(config.seed)),
                     out_shardings=NamedSharding(mesh, PartitionSpec()))()
     if init == "random":
@@ -105,18 +105,13 @@ def open_splits(config: ml_collections.ConfigDict) -> Splits:
     if not d.eval_split:
         raise ConfigError(f"config.data.eval_split is empty: evaluation needs a held-out split of "
                           f"{d.name!r}")
+    ensure_embedded(d.name, d.data_dir or None)
     train, info = open_split(d.name, d.train_split, d.data_dir or None)
     validate_against_data(config, info.split_sizes)
     test, _ = open_split(d.name, d.eval_split, d.data_dir or None)
     if info.num_classes < 2:
         raise ConfigError(f"dataset {d.name!r} has no class labels to evaluate against")
     return Splits(train, test, info)
-
-
-def loader_options(config: ml_collections.ConfigDict) -> dict:
-    d = config.data
-    return dict(process_index=jax.process_index(), process_count=jax.process_count(),
-                num_threads=d.num_threads, prefetch=d.prefetch, num_workers=d.num_workers)
 
 
 def rows_sharding(mesh: Mesh) -> NamedSharding:

@@ -45,11 +45,11 @@ from jax.sharding import Mesh
 from dcjax.clustering.pca import apply_pca, fit_pca
 from dcjax.clustering.sharding import check_features, put
 from dcjax.data import pipeline
-from dcjax.data.pipeline import normalize
-from dcjax.evaluate.common import Network, Splits, loader_options, rows_sharding
-from dcjax.evaluate.features import progress
+from dcjax.data.pipeline import loader_options, normalize
+from dcjax.evaluate.common import Network, Splits, rows_sharding
+from dcjax.features import progress
 
-# AlexNet at 224 px: (kernel, stride, pad) of each conv layer's average pooling (DESIGN.md sec. 2).
+# AlexNet at 224 px: (kernel, stride, pad) of each conv layer's average pooling (docs/design.md sec. 2).
 PAPER_POOLING = ((6, 6, 3), (4, 4, 0), (3, 3, 1), (3, 3, 1), (2, 2, 0))
 
 
@@ -259,15 +259,13 @@ def _log_epoch(log: Callable[[str], None], epoch: int, sums: dict, steps: int) -
 
 def _augmented_views(config, net, splits, mesh, poolings, names, tx, steps, state, log):
     """The paper's probe: every step a forward pass of a new crop + flip view of each image."""
-    from dcjax.train import view_config
-
     e = config.eval
     probes, opt_state, stats = state
     n, batch = len(splits.train), e.batch_size
     train_step, eval_step = make_probe_fns(conv_features(net, poolings), tx, e.linear_normalize)
     rows = rows_sharding(mesh)
     crop = "translate" if e.linear_views == "translate" else "resized"
-    view = dataclasses.replace(view_config(config), crop_scale=tuple(e.crop_scale), crop=crop)
+    view = dataclasses.replace(pipeline.view_config(config), crop_scale=tuple(e.crop_scale), crop=crop)
     history = []
     for epoch in range(e.linear_epochs):
         order = np.random.default_rng([config.seed, 7919, epoch]).permutation(n)
@@ -283,7 +281,7 @@ def _augmented_views(config, net, splits, mesh, poolings, names, tx, steps, stat
             sums = _add_losses(sums, losses)
         history.append(_log_epoch(log, epoch, sums, steps))
     correct = {name: 0 for name in names}
-    for b in progress(pipeline.ordered_batches(splits.test, view_config(config), batch,
+    for b in progress(pipeline.ordered_batches(splits.test, pipeline.view_config(config), batch,
                                                **loader_options(config)), desc="probe test"):
         images = jax.make_array_from_process_local_data(rows, b["image"])
         labels = jax.make_array_from_process_local_data(rows, b["label"].astype(np.int32))
@@ -300,9 +298,7 @@ def _center_views(config, net, splits, mesh, poolings, names, tx, steps, state, 
     """The fast variant: each split's centre-view pooled features computed once (one forward pass),
     kept row-sharded on the devices as float16 (all layers side by side), and the classifiers
     trained on shuffled batches of those rows."""
-    from dcjax.evaluate.features import extract
-    from dcjax.train import view_config
-
+    from dcjax.features import extract
     e = config.eval
     probes, opt_state, stats = state
     batch = e.batch_size
@@ -316,7 +312,7 @@ def _center_views(config, net, splits, mesh, poolings, names, tx, steps, state, 
     t0 = time.time()
     cached = {}
     for split, source in (("train", splits.train), ("test", splits.test)):
-        f = extract(jax.jit(concatenated), net.variables, source, view_config(config), batch,
+        f = extract(jax.jit(concatenated), net.variables, source, pipeline.view_config(config), batch,
                     int(bounds[-1]), mesh, loader_options(config), desc=f"{split} features",
                     dtype=CACHE_DTYPE)
         check_features(f.rows, f"the {split} split's float16 centre-view conv features "
@@ -374,10 +370,8 @@ def _take_fn(sharding: jax.sharding.NamedSharding) -> Callable:
 
 def pixel_arrays(config: ml_collections.ConfigDict, source) -> tuple[np.ndarray, np.ndarray]:
     """Centre views of every image of `source` as flat float32 rows in [0, 1], and the labels."""
-    from dcjax.train import view_config
-
     xs, ys = [], []
-    for b in pipeline.ordered_batches(source, view_config(config), config.eval.batch_size,
+    for b in pipeline.ordered_batches(source, pipeline.view_config(config), config.eval.batch_size,
                                       num_threads=config.data.num_threads):
         keep = b["mask"]
         xs.append(b["image"][keep].reshape(int(keep.sum()), -1))

@@ -15,19 +15,19 @@ from jax.sharding import Mesh
 from dcjax import metrics
 from dcjax.clustering import run_kmeans
 from dcjax.clustering.pca import apply_pca, pca_whiten
-from dcjax.evaluate.common import Network, Splits, loader_options
-from dcjax.evaluate.features import Features, extract
+from dcjax.data import pipeline
+from dcjax.data.pipeline import loader_options
+from dcjax.evaluate.common import Network, Splits
 from dcjax.evaluate.knn import knn_predict
 from dcjax.evaluate.linear import pixel_arrays
+from dcjax.features import Features, extract
 from dcjax.step import make_feature_fn
 
 
 def fc7_features(config: ml_collections.ConfigDict, feature_fn: Callable, variables: tuple,
                  source: Any, mesh: Mesh, desc: str,
                  on_batch: Callable[[int, int], None] | None = None) -> Features:
-    from dcjax.train import view_config
-
-    return extract(feature_fn, variables, source, view_config(config), config.eval.batch_size,
+    return extract(feature_fn, variables, source, pipeline.view_config(config), config.eval.batch_size,
                    config.model.fc_dim, mesh, loader_options(config), desc=desc,
                    on_batch=on_batch)
 

@@ -49,12 +49,21 @@ def create_model(
     return VGG16(**common)
 
 
+def from_config(config: Any, num_classes: int) -> nn.Module:
+    """The architecture `config.model` describes, for `config.data.image_size` inputs."""
+    m = config.model
+    return create_model(m.name, num_classes, image_size=config.data.image_size, sobel=m.sobel,
+                        fc_dim=m.fc_dim, widths=tuple(m.widths) or None, dropout=m.dropout,
+                        dtype=jnp.dtype(m.dtype))
+
+
 __all__ = [
     "ARCHITECTURES",
     "AlexNet",
     "ConvSpec",
     "VGG16",
     "create_model",
+    "from_config",
     "small_convs",
     "sobel_filter",
 ]
