@@ -42,18 +42,21 @@ def disk_change(before: dict, after: dict) -> str:
     gone = [f for f in before if f not in after]
     added = [f for f in after if f not in before]
     changed = [f for f in before if f in after and before[f] != after[f]]
-    new_hashes = {after[f] for f in added}
-    moved = [f for f in gone if before[f] in new_hashes]
+    aside = {after[f] for f in added if f.startswith("checkpoints/unreadable/")}
+    moved = [f for f in gone if before[f] in aside and not f.startswith("checkpoints/unreadable/")]
+    partial = [f for f in gone if ".orbax-checkpoint-tmp" in f]
     step_of = lambda f: f.split("/")[1] if f.startswith("checkpoints/") and f.count("/") > 1 else ""
     kept_steps = {step_of(f) for f in after if step_of(f).isdigit()}
     rotated = sorted({step_of(f) for f in gone if f not in moved and step_of(f).isdigit()
                       and step_of(f) not in kept_steps}, key=int)
-    lost = [f for f in gone if f not in moved and step_of(f) not in rotated]
+    lost = [f for f in gone if f not in moved and f not in partial and step_of(f) not in rotated]
     parts = []
     if moved:
-        where = sorted({f.split("/")[1] for f in added if f.startswith("checkpoints/unreadable/")})
-        parts.append(f"{len(moved)} file(s) moved" + (f" to checkpoints/unreadable/{where[0]}"
-                                                       if where else ""))
+        where = sorted({f.split("/")[2] for f in added if f.startswith("checkpoints/unreadable/")})
+        parts.append(f"damaged checkpoint moved to checkpoints/unreadable/{where[0]} "
+                     f"({len(moved)} files)")
+    if partial:
+        parts.append("the killed, half-written checkpoint's Orbax tmp folder cleaned up")
     if rotated:
         parts.append(f"old checkpoint(s) {', '.join(rotated)} rotated out (keep_checkpoints=3)")
     if lost:

@@ -42,7 +42,7 @@ def test_imagenet_config_is_the_papers_setup():
     ("clustering.precision", "tf32_3x", "config.clustering.precision='tf32_3x' needs GPU devices"),
     ("data.image_size", 224, "config.data.image_size=224 does not fit alexnet_small"),
     ("data.data_dir", "/no/such/dir", "config.data.data_dir='/no/such/dir' is not a directory"),
-    ("optim.lr", -1.0, "config.optim.lr=-1.0 must be positive"),
+    ("optim.lr", -1.0, "config.optim.lr=-1.0 must be a positive finite number"),
     ("clustering.pca_dim", 4096, "config.clustering.pca_dim=4096 exceeds"),
 ])
 def test_bad_values_name_the_field(field, value, message):
