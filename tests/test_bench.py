@@ -8,6 +8,7 @@ import pytest
 from conftest import ROOT
 
 
+@pytest.mark.slow
 def test_imagenet_epoch_projection(tmp_path):
     out = tmp_path / "epoch.json"
     args = ["--batch=8", "--steps=1", "--cluster_rows=3000", "--k=32", "--model=alexnet_small",

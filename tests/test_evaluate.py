@@ -42,6 +42,7 @@ def trained_run(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_knn_logged_during_training(trained_run):
     record = json.loads((trained_run / "metrics.jsonl").read_text().splitlines()[0])
     assert 0.1 < record["knn_top1"] <= 1.0 and 0.1 < record["knn_top1_pca_whitened"] <= 1.0
@@ -132,6 +133,7 @@ def stripes(n: int, rng) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("views,schedule", [("augmented", "cosine"), ("center", "cosine"),
                                             ("translate", "reference")])
+@pytest.mark.slow
 def test_linear_probe_separates_a_trivial_dataset(tmp_path, views, schedule):
     rng = np.random.default_rng(0)
     (x_tr, y_tr), (x_te, y_te) = stripes(256, rng), stripes(128, rng)
@@ -152,6 +154,7 @@ def test_linear_probe_separates_a_trivial_dataset(tmp_path, views, schedule):
     assert (saved["crop_scale"] is not None) == (views == "augmented")
 
 
+@pytest.mark.slow
 def test_protocols_on_a_trained_run(trained_run):
     c = digits_smoke()
     linear = evaluate(c, str(trained_run), "linear")
@@ -175,6 +178,7 @@ def run_cli(*args, cwd=ROOT):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_command_line_uses_the_runs_config(trained_run):
     out = run_cli(f"--workdir={trained_run}", "--protocol=clustering", "--init=random",
                   "--config.eval.batch_size=64")
@@ -184,6 +188,7 @@ def test_command_line_uses_the_runs_config(trained_run):
     assert result["init"] == "random" and result["checkpoint_step"] is None
 
 
+@pytest.mark.slow
 def test_command_line_errors_are_one_line(tmp_path, trained_run):
     out = run_cli(f"--workdir={tmp_path}", "--protocol=knn")
     assert out.returncode == 2 and out.stderr.strip().startswith("error:")
@@ -201,6 +206,7 @@ def test_missing_checkpoint_is_a_config_error(tmp_path):
         load_network(digits_smoke(), tmp_path, "trained")
 
 
+@pytest.mark.slow
 def test_sweep_of_two_values(tmp_path):
     root = tmp_path / "sweep"
     args = [sys.executable, str(ROOT / "launch" / "sweep.py"), "--config=configs/digits.py:smoke",
@@ -226,6 +232,7 @@ def test_sweep_of_two_values(tmp_path):
     assert again.returncode == 0 and again.stdout.count("done already") == 6
 
 
+@pytest.mark.slow
 def test_table_gathers_the_rows(trained_run):
     from dcjax.evaluate.table import table
 
@@ -237,6 +244,7 @@ def test_table_gathers_the_rows(trained_run):
     assert lines[3].startswith("| random init | - |")  # only its kNN was run
 
 
+@pytest.mark.slow
 def test_center_view_probe_and_its_table(trained_run):
     from dcjax.evaluate.table import table
 

@@ -121,6 +121,7 @@ def test_sobel_equals_numpy_reference():
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_sobel_kernels_are_constants_untouched_by_a_training_step():
     model = create_model("alexnet_small", 10, image_size=32, widths=(8, 8, 8, 8, 8), fc_dim=16)
     x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 32, 32, 3)), jnp.float32)
@@ -144,6 +145,7 @@ def test_sobel_kernels_are_constants_untouched_by_a_training_step():
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_with_float32_state():
     from conftest import ROOT
 

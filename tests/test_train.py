@@ -46,6 +46,7 @@ def without_times(records):
             for r in records]
 
 
+@pytest.mark.slow
 def test_two_epochs_end_to_end(tmp_path):
     final = train_and_evaluate(tiny(), str(tmp_path))
     records = read_metrics(tmp_path)
@@ -67,6 +68,7 @@ def test_two_epochs_end_to_end(tmp_path):
     assert again["loss"] == final["loss"] and len(read_metrics(tmp_path)) == 2
 
 
+@pytest.mark.slow
 def test_reassign_reclusters_every_n_epochs(tmp_path):
     train_and_evaluate(tiny(reassign=2, num_epochs=3, pixel_baseline=False), str(tmp_path))
     records = read_metrics(tmp_path)
