@@ -13,13 +13,14 @@ from typing import Any
 
 import ml_collections
 
+from dcjax.clustering import BACKENDS
+from dcjax.clustering.kmeans import PRECISIONS
+from dcjax.clustering.sampler import SAMPLERS
+from dcjax.evaluate.knn import WEIGHTS as KNN_WEIGHTS
 from dcjax.models import ARCHITECTURES
 
-BACKENDS = ("jax", "faiss", "auto")
-PRECISIONS = ("highest", "tf32_3x", "bf16_3x", "bf16_6x")  # dcjax.clustering.kmeans.PRECISIONS
 LINEAR_VIEWS = ("augmented", "translate", "center")  # config.eval.linear_views
 LINEAR_SCHEDULES = ("cosine", "reference")  # config.eval.linear_schedule
-SAMPLERS = ("uniform", "natural")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -251,8 +252,8 @@ def validate_eval(config: ml_collections.ConfigDict, num_devices: int = 1) -> No
              f"config.eval.linear_views={e.linear_views!r} must be one of {LINEAR_VIEWS}")
     _require(e.linear_schedule in LINEAR_SCHEDULES,
              f"config.eval.linear_schedule={e.linear_schedule!r} must be one of {LINEAR_SCHEDULES}")
-    _require(e.knn_weights in ("distance", "uniform"),
-             f"config.eval.knn_weights={e.knn_weights!r} must be 'distance' or 'uniform'")
+    _require(e.knn_weights in KNN_WEIGHTS,
+             f"config.eval.knn_weights={e.knn_weights!r} must be one of {KNN_WEIGHTS}")
 
 
 def validate_against_data(config: ml_collections.ConfigDict, split_sizes: dict[str, int]) -> None:

@@ -45,9 +45,12 @@ def natural_sampler(num_images: int, n: int, rng: np.random.Generator) -> np.nda
     return np.concatenate([rng.permutation(num_images) for _ in range(reps)])[:n].astype(np.int64)
 
 
+SAMPLERS = ("uniform", "natural")  # config.clustering.sampler
+
+
 def sample_epoch(kind: str, assignment: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     if kind == "uniform":
         return uniform_label_sampler(assignment, n, rng)
     if kind == "natural":
         return natural_sampler(len(assignment), n, rng)
-    raise ValueError(f"unknown sampler {kind!r}; use 'uniform' or 'natural'")
+    raise ValueError(f"unknown sampler {kind!r}; use one of {SAMPLERS}")
