@@ -20,8 +20,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from dcjax.clustering.kmeans import to_host
-from dcjax.clustering.sharding import AXIS
 from dcjax.data import pipeline
+from dcjax.sharding import AXIS, rows
 
 
 @dataclasses.dataclass
@@ -103,7 +103,7 @@ def extract(feature_fn: Callable, variables: tuple, source: Any, view: pipeline.
     (stored as `dtype`). `on_batch(done, total)` runs after each batch (it may raise to stop)."""
     ndev, n = mesh.devices.size, len(source)
     nb = math.ceil(n / batch)
-    rows_sharding = NamedSharding(mesh, PartitionSpec(AXIS))
+    rows_sharding = rows(mesh)
     write_rows = write_rows or write_rows_fn(mesh)
     buffer = _zeros((nb * batch, dim), rows_sharding, jnp.dtype(dtype))()
     labels_local, index_local = [], []

@@ -25,13 +25,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
-from dcjax import faults, metrics
+from dcjax import faults, metrics, sharding
 from dcjax.checkpoint import Checkpointer, abstract_like
 from dcjax.clustering import pca_whiten, run_kmeans, sample_epoch
 from dcjax.clustering.kmeans import assign
-from dcjax.clustering.sharding import AXIS, default_mesh
 from dcjax.config_lib import ConfigError, resume_changes, validate, validate_against_data
 from dcjax.data import pipeline
 from dcjax.data.datasets import DataError, DatasetInfo, open_split
@@ -45,6 +44,7 @@ from dcjax.plots import (
     plot_filters,
     write_epoch_plots,
 )
+from dcjax.sharding import AXIS, default_mesh
 from dcjax.step import TrainState, create_train_state, make_feature_fn, make_train_step, reset_head
 from dcjax.stopping import Diverged, Interrupted, StopSignal
 from dcjax.workdir import WorkdirError, WorkdirLock, check_workdir, create_workdir
@@ -71,11 +71,11 @@ class Run:
 
     @property
     def rows(self) -> NamedSharding:
-        return NamedSharding(self.mesh, PartitionSpec(AXIS))
+        return sharding.rows(self.mesh)
 
     @property
     def replicated(self) -> NamedSharding:
-        return NamedSharding(self.mesh, PartitionSpec())
+        return sharding.replicated(self.mesh)
 
     @property
     def num_images(self) -> int:

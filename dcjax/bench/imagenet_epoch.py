@@ -64,7 +64,7 @@ def _sharded_normal(rows: int, dim: int, seed: int) -> tuple[jax.Array, np.ndarr
     the padded buffer feature extraction writes in training."""
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from dcjax.clustering.sharding import AXIS, default_mesh
+    from dcjax.sharding import AXIS, default_mesh
 
     mesh = default_mesh()
     block = mesh.devices.size * min(8192, -(-rows // mesh.devices.size))

@@ -37,7 +37,7 @@ from dcjax.clustering.kmeans import (  # noqa: E402
     _lloyd_iteration,
     check_precision,
 )
-from dcjax.clustering.sharding import AXIS, default_mesh, shard_rows  # noqa: E402
+from dcjax.sharding import AXIS, default_mesh, shard_rows  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("n", 1_281_167, "Rows.")

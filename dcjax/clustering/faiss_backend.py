@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from dcjax.clustering.kmeans import KMeansResult, check_k
-from dcjax.clustering.sharding import check_features
+from dcjax.sharding import check_features
 
 
 def faiss_available() -> bool:

@@ -27,7 +27,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 
-from dcjax.clustering.sharding import AXIS, check_features, check_valid, shard_rows
+from dcjax.sharding import AXIS, check_features, check_valid, shard_rows
 
 HIGHEST = lax.Precision.HIGHEST
 SPLIT_EPS = 1.0 / 1024.0

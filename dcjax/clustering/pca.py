@@ -19,7 +19,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 
-from dcjax.clustering.sharding import AXIS, check_features, check_valid, shard_rows
+from dcjax.sharding import AXIS, check_features, check_valid, shard_rows
 
 HIGHEST = lax.Precision.HIGHEST
 

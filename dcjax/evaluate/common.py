@@ -11,14 +11,14 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
 from dcjax.checkpoint import Checkpointer, abstract_like
-from dcjax.clustering.sharding import AXIS, default_mesh
 from dcjax.config_lib import ConfigError, base_config, validate, validate_against_data
 from dcjax.data.datasets import DatasetInfo, open_split
 from dcjax.data.prepare import ensure_embedded
 from dcjax.models import from_config
+from dcjax.sharding import default_mesh, replicated, rows
 from dcjax.step import create_train_state
 
 INITS = ("trained", "random")
@@ -72,7 +72,7 @@ def load_network(config: ml_collections.ConfigDict, workdir: str | Path, init: s
     mesh = mesh or default_mesh()
     model = from_config(config, config.clustering.k)
     state = jax.jit(lambda: create_train_state(model, config, jax.random.key(config.seed)),
-                    out_shardings=NamedSharding(mesh, PartitionSpec()))()
+                    out_shardings=replicated(mesh))()
     if init == "random":
         return Network(model, state.params, state.batch_stats, None)
     directory = Path(workdir) / "checkpoints"
@@ -115,7 +115,7 @@ def open_splits(config: ml_collections.ConfigDict) -> Splits:
 
 
 def rows_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec(AXIS))
+    return rows(mesh)
 
 
 def write_result(workdir: str | Path, name: str, result: dict) -> Path:

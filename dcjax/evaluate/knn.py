@@ -17,10 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, PartitionSpec
 
 from dcjax.clustering.kmeans import to_host
-from dcjax.clustering.sharding import AXIS, default_mesh, put
+from dcjax.sharding import AXIS, default_mesh, put
+from dcjax.sharding import rows as row_sharding
 
 WEIGHTS = ("distance", "uniform")
 
@@ -88,7 +89,7 @@ def knn_predict(bank, bank_labels: np.ndarray, queries: np.ndarray, num_classes:
     if not 1 <= k <= usable:
         raise ValueError(f"kNN k={k} must be between 1 and the {usable} labelled bank rows")
     pad = (-bank.shape[0]) % ndev
-    rows = NamedSharding(mesh, PartitionSpec(AXIS))
+    rows = row_sharding(mesh)
     bank_labels = np.pad(bank_labels, (0, pad), constant_values=-1)
     if isinstance(bank, np.ndarray):
         bank = put(np.pad(bank.astype(np.float32), ((0, pad), (0, 0))), rows)

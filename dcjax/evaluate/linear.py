@@ -43,11 +43,12 @@ import optax
 from jax.sharding import Mesh
 
 from dcjax.clustering.pca import apply_pca, fit_pca
-from dcjax.clustering.sharding import check_features, put
 from dcjax.data import pipeline
 from dcjax.data.pipeline import loader_options, normalize
 from dcjax.evaluate.common import Network, Splits, rows_sharding
 from dcjax.features import progress
+from dcjax.sharding import check_features, put
+from dcjax.sharding import replicated as sharding_replicated
 
 # AlexNet at 224 px: (kernel, stride, pad) of each conv layer's average pooling (docs/design.md sec. 2).
 PAPER_POOLING = ((6, 6, 3), (4, 4, 0), (3, 3, 1), (3, 3, 1), (2, 2, 0))
@@ -221,7 +222,7 @@ def linear_probe(config: ml_collections.ConfigDict, net: Network, splits: Splits
         raise ValueError(f"config.eval.batch_size={batch} exceeds the {n} training images")
     tx = probe_optimizer(config, steps * e.linear_epochs)
     dims = {name: p.dim for name, p in zip(names, poolings)}
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    replicated = sharding_replicated(mesh)
     probes = put(init_probes(dims, splits.info.num_classes), replicated)
     stats = put(init_norm_stats(dims), replicated) if e.linear_normalize else None
     opt_state = jax.jit(tx.init, out_shardings=replicated)(probes)
@@ -329,7 +330,7 @@ def _center_views(config, net, splits, mesh, poolings, names, tx, steps, state, 
         return {name: x[:, a:b] for name, a, b in zip(names, bounds[:-1], bounds[1:])}
 
     train_step, eval_step = make_probe_fns(split_rows, tx, e.linear_normalize)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    replicated = sharding_replicated(mesh)
     take = _take_fn(rows_sharding(mesh))
     train, train_labels = cached["train"]
     positions = np.flatnonzero(train.valid).astype(np.int32)

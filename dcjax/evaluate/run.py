@@ -36,9 +36,9 @@ def evaluate(config, workdir: str, protocol: str, init: str = "trained", feature
              step: int | None = None) -> dict:
     import jax
 
-    from dcjax.clustering.sharding import default_mesh
     from dcjax.config_lib import ConfigError
     from dcjax.evaluate import common, linear, protocols
+    from dcjax.sharding import default_mesh
 
     if protocol not in PROTOCOLS:
         raise ConfigError(f"protocol {protocol!r} must be one of {PROTOCOLS}")

@@ -1,4 +1,6 @@
-"""Row sharding of [N, D] feature matrices over a 1-D device mesh, and their input checks."""
+"""The device mesh and its shardings, for every layer above: one 1-D 'data' axis over every device
+of every process; `rows(mesh)` splits an array's first axis over it, `replicated(mesh)` copies it
+to each device. Also the row-sharding of [N, D] feature matrices and their input checks."""
 
 from __future__ import annotations
 
@@ -16,6 +18,16 @@ AXIS = "data"
 def default_mesh() -> Mesh:
     """Every device of every process on one 'data' axis."""
     return Mesh(np.asarray(jax.devices()), (AXIS,))
+
+
+def rows(mesh: Mesh) -> NamedSharding:
+    """First axis split over the mesh's devices (a batch, or the rows of a feature matrix)."""
+    return NamedSharding(mesh, PartitionSpec(AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """A full copy on every device of the mesh (train state, centroids)."""
+    return NamedSharding(mesh, PartitionSpec())
 
 
 def check_valid(valid: np.ndarray | None, n: int) -> int:
@@ -98,7 +110,7 @@ def shard_rows(x, chunk_size: int, mesh: Mesh | None = None, valid: np.ndarray |
     n = x.shape[0]
     chunk = row_chunk(n, ndev, chunk_size)
     n_pad = math.ceil(n / (ndev * chunk)) * ndev * chunk
-    sharding = NamedSharding(mesh, PartitionSpec(AXIS))
+    sharding = rows(mesh)
     mask = np.zeros(n_pad, bool)
     mask[:n] = True if valid is None else np.asarray(valid, bool)
     if isinstance(x, np.ndarray):
