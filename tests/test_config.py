@@ -54,11 +54,15 @@ def test_bad_values_name_the_field(field, value, message):
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
-def test_precision_names_match_the_kmeans():
+def test_allowed_values_are_the_implementations_own():
+    from dcjax import config_lib
+    from dcjax.clustering import BACKENDS
     from dcjax.clustering.kmeans import PRECISIONS
-    from dcjax.config_lib import PRECISIONS as CONFIG_PRECISIONS
+    from dcjax.clustering.sampler import SAMPLERS
+    from dcjax.evaluate.knn import WEIGHTS
 
-    assert CONFIG_PRECISIONS == tuple(PRECISIONS)
+    assert config_lib.PRECISIONS is PRECISIONS and config_lib.BACKENDS is BACKENDS
+    assert config_lib.SAMPLERS is SAMPLERS and config_lib.KNN_WEIGHTS is WEIGHTS
 
 
 def test_batch_not_divisible_by_devices():
