@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 from PIL import Image
+from test_train import final_params
 
 from dcjax import cli, config_lib
 from dcjax.checkpoint import Checkpointer, CheckpointError, CheckpointMismatch
@@ -434,17 +435,6 @@ def test_report_and_plots_on_an_unlabeled_run(tmp_path):
 
 
 # ----------------------------------------------------------------------------- signals and kills
-
-
-def final_params(workdir):
-    import orbax.checkpoint as ocp
-
-    manager = ocp.CheckpointManager(Path(workdir, "checkpoints").absolute(),
-                                    item_names=("state", "arrays", "meta"))
-    step = manager.latest_step()
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    manager.close()
-    return step, restored["state"]["params"]
 
 
 def metrics_without_times(workdir):
