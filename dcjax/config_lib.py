@@ -84,7 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"
 
     c.clustering = ml_collections.ConfigDict()
-    c.clustering.k = 10000
+    c.clustering.k = 10000  # 0: from the number of images (auto_k)
     c.clustering.pca_dim = 256
     c.clustering.iterations = 20
     c.clustering.backend = "jax"
@@ -199,7 +199,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         _require(Path(d.data_dir).expanduser().is_dir(),
                  f"config.data.data_dir={d.data_dir!r} is not a directory")
     for path in ("num_epochs", "batch_size", "reassign", "keep_checkpoints", "log_every_steps",
-                 "model.fc_dim", "clustering.k", "clustering.pca_dim", "clustering.iterations",
+                 "model.fc_dim", "clustering.pca_dim", "clustering.iterations",
                  "clustering.chunk_size", "data.num_threads", "data.prefetch"):
         _positive_int(config, path)
     _positive_int(config, "checkpoint_every_steps", minimum=0)
@@ -225,8 +225,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
                  f"config.optim.{key}={o[key]} must be a non-negative finite number")
     _require(_finite(o.momentum) and 0 <= o.momentum < 1,
              f"config.optim.momentum={o.momentum} must be in [0, 1)")
-    _require(cl.k >= 2, f"config.clustering.k={cl.k}: one cluster gives every image the same "
-             "pseudo-label, so there is nothing to learn; use k >= 2")
+    _require(isinstance(cl.k, int) and not isinstance(cl.k, bool) and cl.k >= 0,
+             f"config.clustering.k={cl.k!r} must be an integer >= 2, or 0 for auto_k")
+    _require(cl.k != 1, f"config.clustering.k={cl.k}: one cluster gives every image the same "
+             "pseudo-label, so there is nothing to learn; use k >= 2 (or 0 for auto_k)")
     validate_eval(config, num_devices)
 
 
@@ -256,15 +258,31 @@ def validate_eval(config: ml_collections.ConfigDict, num_devices: int = 1) -> No
              f"config.eval.knn_weights={e.knn_weights!r} must be one of {KNN_WEIGHTS}")
 
 
+def auto_k(num_images: int) -> int:
+    """k for `config.clustering.k = 0`: one cluster per 100 images, at least 10, at most 10,000 (the
+    paper's k for ImageNet's 1.28M images), and never more than half the images."""
+    return max(2, min(max(10, num_images // 100), 10_000, num_images // 2))
+
+
+def resolve_auto(config: ml_collections.ConfigDict, split_sizes: dict[str, int]) -> None:
+    """Fills the fields whose value comes from the data (`clustering.k = 0` -> auto_k), in place,
+    so that the run's saved config holds the value used."""
+    if config.clustering.k == 0 and config.data.train_split in split_sizes:
+        with config.unlocked():
+            config.clustering.k = auto_k(split_sizes[config.data.train_split])
+
+
 def validate_against_data(config: ml_collections.ConfigDict, split_sizes: dict[str, int]) -> None:
-    """Checks what depends on the dataset: splits exist, k fits the number of images."""
+    """Checks what depends on the dataset: the train split exists, k fits the number of images.
+    A missing eval split is an error only where something needs it (the evaluators and
+    `eval_every_epochs` say so themselves)."""
     d = config.data
-    for field in ("train_split", "eval_split"):
-        split = d[field]
-        _require(not split or split in split_sizes,
-                 f"config.data.{field}={split!r} is not a split of {d.name!r} "
-                 f"(it has {sorted(split_sizes)})")
+    _require(d.train_split in split_sizes,
+             f"config.data.train_split={d.train_split!r} is not a split of {d.name!r} "
+             f"(it has {sorted(split_sizes)})")
     n = split_sizes[d.train_split]
+    _require(config.clustering.k >= 2, f"config.clustering.k={config.clustering.k}: call "
+             f"resolve_auto first")
     _require(config.clustering.k <= n, f"config.clustering.k={config.clustering.k} but the "
              f"dataset {d.name!r} has {n} images in split {d.train_split!r}")
     _require(config.batch_size <= n, f"config.batch_size={config.batch_size} but the dataset "

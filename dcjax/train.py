@@ -29,13 +29,19 @@ from jax.sharding import Mesh, NamedSharding
 
 from dcjax import faults, metrics, sharding
 from dcjax.checkpoint import Checkpointer, abstract_like
-from dcjax.clustering import pca_whiten, run_kmeans, sample_epoch
-from dcjax.clustering.kmeans import assign
-from dcjax.config_lib import ConfigError, resume_changes, validate, validate_against_data
+from dcjax.clustering import run_kmeans, sample_epoch
+from dcjax.config_lib import (
+    ConfigError,
+    resolve_auto,
+    resume_changes,
+    validate,
+    validate_against_data,
+)
 from dcjax.data import pipeline
 from dcjax.data.datasets import DataError, DatasetInfo, open_split
 from dcjax.data.prepare import ensure_embedded
-from dcjax.features import extract, progress, write_rows_fn
+from dcjax.export import read_ids, write_export
+from dcjax.features import progress, write_rows_fn
 from dcjax.models import from_config
 from dcjax.plots import (
     nearest_to_centroids,
@@ -44,6 +50,7 @@ from dcjax.plots import (
     plot_filters,
     write_epoch_plots,
 )
+from dcjax.pseudolabels import Clustering, cluster_network, clustering_seed
 from dcjax.sharding import AXIS, default_mesh
 from dcjax.step import TrainState, create_train_state, make_feature_fn, make_train_step, reset_head
 from dcjax.stopping import Diverged, Interrupted, StopSignal
@@ -108,23 +115,14 @@ class Run:
 # ======================================================================== the method's steps
 
 
-def extract_features(run: Run, state: TrainState):
-    """Eval-mode fc7 features of every image, deterministic view.
-
-    Returns (features [R, D] float32 jax.Array, rows sharded device-major, R = batches x batch),
-    valid [R] bool (False on the padding of the last batch), image [R] int64 (the dataset index of
-    each row, -1 on padding) and true labels [N] int32 in dataset order.
-    """
+def _extract_poll(run: Run):
     every = run.config.log_every_steps
 
     def on_batch(done: int, total: int) -> None:
         faults.point("extract_batch")
         run.stop.check("feature extraction", done, total, every)
 
-    f = extract(run.feature_fn, (state.params, state.batch_stats), run.source,
-                pipeline.view_config(run.config), run.config.batch_size, run.config.model.fc_dim, run.mesh,
-                run.loader_options(), run.write_rows, on_batch=on_batch)
-    return f.rows, f.valid, f.image, f.labels
+    return on_batch
 
 
 def _kmeans_poll(run: Run):
@@ -135,44 +133,42 @@ def _kmeans_poll(run: Run):
     return on_iteration
 
 
-def cluster(run: Run, state: TrainState, epoch: int, previous: np.ndarray | None) -> tuple:
-    """extract -> PCA-whiten -> k-means; returns (assignment [N] int32, epoch record fields)."""
-    c = run.config
-    t0 = time.time()
-    features, valid, image, labels = extract_features(run, state)
-    jax.block_until_ready(features)
-    t1 = time.time()
-    faults.point("pca")
-    reduced, _ = pca_whiten(features, c.clustering.pca_dim, chunk_size=c.clustering.chunk_size,
-                            mesh=run.mesh, valid=valid)
-    jax.block_until_ready(reduced)
-    run.stop.check("PCA", 1, 1)
-    del features
-    t2 = time.time()
-    result = run_kmeans(reduced, c.clustering.k, backend=c.clustering.backend,
-                        iterations=c.clustering.iterations, seed=c.seed + epoch,
-                        chunk_size=c.clustering.chunk_size, mesh=run.mesh, valid=valid,
-                        verbose=jax.process_index() == 0, precision=c.clustering.precision,
-                        on_iteration=_kmeans_poll(run))
-    t3 = time.time()
-    assignment = np.empty(run.num_images, np.int32)
-    assignment[image[valid]] = result.assignment[valid]
-    if visualize(c, epoch):
-        _, distance = assign(reduced, result.centroids, chunk_size=c.clustering.chunk_size,
-                             mesh=run.mesh)
-        if jax.process_index() == 0:
-            dist = np.empty(run.num_images, np.float32)
-            dist[image[valid]] = distance[valid]
-            write_cluster_grid(run, assignment, dist, epoch)
+def _after_pca(run: Run):
+    def after() -> None:
+        faults.point("pca")
+        run.stop.check("PCA", 1, 1)
+
+    return after
+
+
+def extract_and_cluster(run: Run, state: TrainState, epoch: int, *, nearest: bool = False,
+                        keep_features: bool = False) -> Clustering:
+    """extract_features (eval mode, deterministic view) -> pca_whiten -> kmeans of the network as
+    `epoch` begins (dcjax.pseudolabels), stoppable by a signal in every phase."""
+    return cluster_network(run.config, run.feature_fn, (state.params, state.batch_stats),
+                           run.source, run.mesh, clustering_seed(run.config, epoch),
+                           write_rows=run.write_rows, on_batch=_extract_poll(run),
+                           after_pca=_after_pca(run), on_iteration=_kmeans_poll(run),
+                           nearest=nearest, keep_features=keep_features,
+                           verbose=jax.process_index() == 0)
+
+
+def cluster(run: Run, state: TrainState, epoch: int, previous: np.ndarray | None, *,
+            keep_features: bool = False) -> tuple[Clustering, dict]:
+    """The pseudo-labels of `epoch` and the epoch record's clustering fields (NMI against the
+    previous assignment and against the labels, cluster sizes, times)."""
+    result = extract_and_cluster(run, state, epoch, nearest=visualize(run.config, epoch) or keep_features,
+                                 keep_features=keep_features)
+    assignment = result.assignment
     record = {
-        "kmeans_objective": float(result.objective[-1]),
+        "kmeans_objective": result.objective,
         "kmeans_splits": result.num_splits,
         "nmi_prev": metrics.nmi(previous, assignment) if previous is not None else None,
-        **label_metrics(labels, assignment, run.info),
-        **metrics.cluster_size_stats(assignment, c.clustering.k),
-        "time_extract": t1 - t0, "time_pca": t2 - t1, "time_kmeans": t3 - t2,
+        **label_metrics(result.labels, assignment, run.info),
+        **metrics.cluster_size_stats(assignment, run.config.clustering.k),
+        **result.seconds,
     }
-    return assignment, record
+    return result, record
 
 
 def visualize(config: ml_collections.ConfigDict, epoch: int) -> bool:
@@ -286,7 +282,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     ensure_embedded(config.data.name, config.data.data_dir or None)
     source, info = open_split(config.data.name, config.data.train_split,
                               config.data.data_dir or None)
+    resolve_auto(config, info.split_sizes)
     validate_against_data(config, info.split_sizes)
+    if jax.process_index() == 0 and info.num_classes < 2:
+        print(f"dataset {config.data.name!r} has no labels: the label metrics (nmi_labels, ...) are "
+              f"null; nmi_prev measures how stable the clusters are")
     mesh = default_mesh()
     model = from_config(config, config.clustering.k)
     train_step = jax.jit(make_train_step(model, config), donate_argnums=0)
@@ -446,9 +446,12 @@ def _train(run: Run, changes: list[tuple]) -> dict:
             if indices is None:  # a fresh epoch: (re-)cluster, sample, reset the head
                 partial = {"epoch": epoch}
                 if assignment is None or epoch % c.reassign == 0:
-                    previous = assignment
-                    assignment, record = cluster(run, state, epoch, previous)
+                    clustering, record = cluster(run, state, epoch, assignment)
+                    assignment = clustering.assignment
                     partial.update(record)
+                    if lead and clustering.distance is not None:
+                        write_cluster_grid(run, assignment, clustering.distance, epoch)
+                    del clustering
                     state = run.reset_head(state, epoch)
                 rng = np.random.default_rng([c.seed, epoch])
                 indices = sample_epoch(c.clustering.sampler, assignment, run.num_images, rng)
@@ -489,10 +492,18 @@ def finish(run: Run, state: TrainState, history: list[dict], assignment: np.ndar
     c, lead = run.config, jax.process_index() == 0
     final = dict(history[-1]) if history else {}
     if history:
-        # The epoch records cluster the network as each epoch began; this clusters the trained one.
-        _, after = cluster(run, state, c.num_epochs, assignment)
+        # The epoch records cluster the network as each epoch began; this clusters the trained one
+        # and writes it per image (dcjax.export).
+        clustering, after = cluster(run, state, c.num_epochs, assignment, keep_features=True)
         final.update({f"final_{key}": after[key] for key in
                       ("nmi_labels", "ari_labels", "acc_labels", "kmeans_objective")})
+        if lead:
+            write_cluster_grid(run, clustering.assignment, clustering.distance, c.num_epochs)
+        folder = write_export(run.workdir / "export", clustering, read_ids(run.source),
+                              run.info.class_names, c, int(state.step), c.num_epochs)
+        del clustering
+        if lead:
+            print(f"per-image clusters and features written to {folder}")
     if c.get("pixel_baseline", False) and lead and final.get("final_nmi_labels") is not None:
         final["pixel_kmeans_nmi_labels"] = pixel_baseline(run)
         print(f"final nmi_labels (k-means, k={c.clustering.k}): DeepCluster features "

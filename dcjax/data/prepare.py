@@ -1,10 +1,13 @@
 """Import images into a TFDS dataset stored as ArrayRecord (random access by index).
 
     python -m dcjax.data.prepare --source=SOURCE --name=NAME [--data_dir=DIR] [--overwrite]
-                                 [--resize_shorter=256]
+        [--resize_shorter=256] [--layout=auto|flat|split_class|class] [--holdout=F] [--seed=0]
 
 SOURCE is one of:
-  * an image folder laid out `split/class/image` (any number of leading folders above the splits);
+  * a folder of images at any depth, read as `--layout` says (see "folder layouts" below): by
+    default as labelled splits when it is laid out `split/class/image` (train/, val/, test/, ...;
+    any number of leading folders above the splits), otherwise as one unlabeled `train` split of
+    every image under it, each identified by its path relative to the folder;
   * a `.tar`, `.tar.gz` or `.tgz` of such a folder (read as a stream, never unpacked to disk);
   * a folder of IDX files (MNIST / Fashion-MNIST layout: `train-images-idx3-ubyte[.gz]`,
     `train-labels-idx1-ubyte[.gz]`, `t10k-...` for the test split);
@@ -21,8 +24,10 @@ decodes small JPEGs instead of full-size ones.
 
 Every example holds the encoded image (the original JPEG/PNG bytes when the file is one, PNG
 otherwise), its label, and an `id` (the source path or array index), so nothing depends on the
-order TFDS gives the records. Every file is fully decoded once while importing: those that fail are
-skipped, counted and listed in the printed report (and in `import_report.json` beside the data).
+order TFDS gives the records. Every file is fully decoded once while importing: those that fail
+(and those the layout cannot place) are skipped and listed with the reason in the printed report
+(and in `import_report.json` beside the data); files that are not images by name are counted by
+extension on one line. `--holdout=F` moves a seeded fraction F of `train` into `validation`.
 Writing needs neither TensorFlow nor a network.
 """
 
@@ -56,38 +61,53 @@ from dcjax.data.images import decode_error, needs_conversion, to_rgb8
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _SPLIT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _KEEP_FORMATS = {"JPEG", "PNG"}
+UNLABELED = "(unlabeled)"  # the count key of images without a label
 
 
 @dataclasses.dataclass
 class ImportReport:
-    """What an import wrote and what it could not read."""
+    """What an import wrote, what it could not read, and what it left aside as not images."""
 
     name: str
     path: str = ""
     source: str = ""
+    layout: str = ""
     class_names: list[str] = dataclasses.field(default_factory=list)
     counts: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)  # split -> class -> n
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (file, reason)
+    ignored: dict[str, int] = dataclasses.field(default_factory=dict)  # extension -> files
 
-    def count(self, split: str, label: str) -> None:
+    def count(self, split: str, label: str | None) -> None:
         per_class = self.counts.setdefault(split, {})
-        per_class[label] = per_class.get(label, 0) + 1
+        key = UNLABELED if label is None else label
+        per_class[key] = per_class.get(key, 0) + 1
+
+    def ignore(self, kind: str) -> None:
+        self.ignored[kind] = self.ignored.get(kind, 0) + 1
 
     def total(self, split: str | None = None) -> int:
         splits = [split] if split else list(self.counts)
         return sum(sum(self.counts.get(s, {}).values()) for s in splits)
 
     def format(self) -> str:
-        lines = [f"dataset {self.name!r} from {self.source}", f"  written to {self.path}"]
+        lines = [f"dataset {self.name!r} from {self.source}"
+                 + (f" (layout {self.layout})" if self.layout else ""), f"  written to {self.path}"]
         for split in sorted(self.counts):
             per_class = self.counts[split]
+            if set(per_class) == {UNLABELED}:
+                lines.append(f"  {split}: {self.total(split)} images, unlabeled")
+                continue
             lines.append(f"  {split}: {self.total(split)} images in {len(per_class)} classes")
             for label in self.class_names:
                 if label in per_class:
                     lines.append(f"    {label:<24s} {per_class[label]}")
-        lines.append(f"  skipped: {len(self.skipped)} file(s) (undecodable, or not under split/class/)")
+        lines.append(f"  skipped: {len(self.skipped)} file(s) that could not be imported")
         for path, reason in self.skipped:
             lines.append(f"    {path}: {reason}")
+        if self.ignored:
+            kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.ignored.items()))
+            lines.append(f"  ignored: {sum(self.ignored.values())} file(s) that are not images by "
+                         f"name ({kinds})")
         return "\n".join(lines)
 
     def to_json(self) -> dict:
@@ -147,68 +167,167 @@ def encode_png(array: np.ndarray) -> bytes:
 # A source is (class_names, {split: callable returning an iterator of (id, label_name, raw bytes)}).
 # Raw bytes are checked (and counted or skipped) by the writer, so every source gets the same report.
 
-RawExample = tuple[str, str, bytes]
+RawExample = tuple[str, str | None, bytes]  # (id, label name or None for unlabeled, bytes)
 Source = tuple[list[str], dict[str, Callable[[], Iterator[RawExample]]]]
 
 
-def _split_class_of(parts: tuple[str, ...]) -> tuple[str, str] | None:
-    if len(parts) < 3:
-        return None
-    return parts[-3], parts[-2]
+# --------------------------------------------------------------------------- folder layouts
+# A folder or tarball of images is read one of four ways (`--layout`):
+#   split_class  SPLIT/CLASS/IMAGE (any number of leading folders above the splits): labelled splits;
+#   class        CLASS/.../IMAGE: one labelled 'train' split, the class is the top folder;
+#   flat         every image at any depth: one unlabeled 'train' split (label -1);
+#   auto         split_class when every image sits at the same depth under a split-named folder
+#                (train, val, test, ...), otherwise flat.
+# The id of an image is its path relative to the folder (its member name in a tarball).
+
+LAYOUTS = ("auto", "flat", "split_class", "class")
+SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing",
+                         "eval", "evaluation", "dev", "holdout"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif",
+                            ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico",
+                            ".heic", ".heif", ".avif", ".jp2"})
+HOLDOUT_SPLIT = "validation"
 
 
-def folder_source(root: Path, report: ImportReport) -> Source:
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    layout: dict[str, list[tuple[str, Path]]] = {}
+def is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+@dataclasses.dataclass
+class Plan:
+    """Which split and label (None: unlabeled) each image file gets."""
+
+    layout: str
+    class_names: list[str]
+    splits: dict[str, dict[str, str | None]]  # split -> {id: label name or None}
+
+
+def _hidden(parts: tuple[str, ...]) -> bool:
+    return any(p.startswith(".") for p in parts)
+
+
+def triage(names: list[str], report: ImportReport) -> list[str]:
+    """The names of image files (by extension, none hidden), sorted; the others are counted in
+    `report.ignored` by extension ('hidden' for hidden files and folders)."""
+    images = []
+    for name in names:
+        parts = Path(name).parts
+        if _hidden(parts):
+            report.ignore("hidden")
+        elif not is_image_name(name):
+            report.ignore(Path(name).suffix.lower() or "no extension")
+        else:
+            images.append(name)
+    return sorted(images)
+
+
+def looks_split_class(images: list[str]) -> bool:
+    """Every image at one depth >= 3 below the same leading folders, under a split-named folder."""
+    if not images:
+        return False
+    parts = [Path(n).parts for n in images]
+    depth = len(parts[0])
+    if depth < 3 or any(len(p) != depth for p in parts):
+        return False
+    lead = {p[: depth - 3] for p in parts}
+    return len(lead) == 1 and all(p[depth - 3].lower() in SPLIT_NAMES for p in parts)
+
+
+def _common_top(images: list[str]) -> int:
+    """1 when every image sits under one top folder (a tarball's root folder), else 0."""
+    tops = {Path(n).parts[0] for n in images}
+    return int(len(tops) == 1 and all(len(Path(n).parts) > 2 for n in images))
+
+
+def plan_layout(images: list[str], layout: str, report: ImportReport,
+                strip_top: bool = False) -> Plan:
+    """Splits and labels of `images` (relative paths) under `layout`; images the layout cannot
+    place are listed in `report.skipped` with the reason."""
+    if layout not in LAYOUTS:
+        raise DataError(f"--layout={layout!r} must be one of {LAYOUTS}")
+    if layout == "auto":
+        layout = "split_class" if looks_split_class(images) else "flat"
+    splits: dict[str, dict[str, str | None]] = {}
     classes: set[str] = set()
-    for path in files:
-        rel = path.relative_to(root).parts
-        sc = _split_class_of(rel)
-        if sc is None or any(part.startswith(".") for part in rel):
-            report.skipped.append((str(path), "not an image under split/class/"))
-            continue
-        layout.setdefault(sc[0], []).append((sc[1], path))
-        classes.add(sc[1])
+    skip = _common_top(images) if strip_top else 0
+    for name in images:
+        parts = Path(name).parts
+        if layout == "flat":
+            split, label = "train", None
+        elif layout == "split_class":
+            if len(parts) < 3:
+                report.skipped.append((name, "not under split/class/ (--layout=split_class)"))
+                continue
+            split, label = parts[-3], parts[-2]
+        else:  # class
+            if len(parts) < 2 + skip:
+                report.skipped.append((name, "not inside a class folder (--layout=class)"))
+                continue
+            split, label = "train", parts[skip]
+        splits.setdefault(split, {})[name] = label
+        if label is not None:
+            classes.add(label)
+    return Plan(layout, sorted(classes), {s: splits[s] for s in sorted(splits)})
+
+
+def hold_out(plan: Plan, fraction: float, seed: int) -> None:
+    """Moves round(fraction * n) seeded-random images of 'train' into the 'validation' split."""
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"--holdout={fraction} must be in (0, 1)")
+    if HOLDOUT_SPLIT in plan.splits or "train" not in plan.splits:
+        raise DataError(f"--holdout needs a 'train' split and no {HOLDOUT_SPLIT!r} split; "
+                        f"the source has {sorted(plan.splits)}")
+    train = plan.splits["train"]
+    ids = sorted(train)
+    count = round(fraction * len(ids))
+    if not 0 < count < len(ids):
+        raise DataError(f"--holdout={fraction} of {len(ids)} images leaves an empty split")
+    chosen = set(np.random.default_rng(seed).choice(len(ids), count, replace=False).tolist())
+    plan.splits[HOLDOUT_SPLIT] = {ids[i]: train[ids[i]] for i in sorted(chosen)}
+    plan.splits["train"] = {ids[i]: train[ids[i]] for i in range(len(ids)) if i not in chosen}
+
+
+def folder_source(root: Path, report: ImportReport, layout: str = "auto", holdout: float = 0.0,
+                  seed: int = 0) -> Source:
+    names = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+    plan = _plan(triage(names, report), layout, report, holdout, seed, strip_top=False)
 
     def split_iter(split: str) -> Iterator[RawExample]:
-        for label, path in layout[split]:
-            yield str(path.relative_to(root)), label, path.read_bytes()
+        for name, label in plan.splits[split].items():
+            yield name, label, (root / name).read_bytes()
 
-    return sorted(classes), {s: (lambda s=s: split_iter(s)) for s in sorted(layout)}
+    return plan.class_names, {s: (lambda s=s: split_iter(s)) for s in plan.splits}
 
 
-def tar_source(path: Path, report: ImportReport) -> Source:
+def tar_source(path: Path, report: ImportReport, layout: str = "auto", holdout: float = 0.0,
+               seed: int = 0) -> Source:
     try:
         with tarfile.open(path) as tar:
             names = [m.name for m in tar.getmembers() if m.isfile()]
     except (tarfile.TarError, OSError, EOFError) as e:
         raise DataError(f"cannot read the archive {path}: {e}") from e
-    splits: set[str] = set()
-    classes: set[str] = set()
-    for name in names:
-        parts = Path(name).parts
-        sc = _split_class_of(parts)
-        if sc is None or any(part.startswith(".") for part in parts):
-            report.skipped.append((name, "not an image under split/class/"))
-            continue
-        splits.add(sc[0])
-        classes.add(sc[1])
+    plan = _plan(triage(names, report), layout, report, holdout, seed, strip_top=True)
 
     def split_iter(split: str) -> Iterator[RawExample]:
         # One streaming pass per split, in archive order (seeking back in a .gz stream would
         # decompress it again from the start for every member).
+        wanted = plan.splits[split]
         with tarfile.open(path, "r|*") as tar:
             for m in tar:
-                if not m.isfile():
-                    continue
-                parts = Path(m.name).parts
-                sc = _split_class_of(parts)
-                if sc is None or sc[0] != split or any(p.startswith(".") for p in parts):
-                    continue
-                f = tar.extractfile(m)
-                yield m.name, sc[1], f.read() if f is not None else b""
+                if m.isfile() and m.name in wanted:
+                    f = tar.extractfile(m)
+                    yield m.name, wanted[m.name], f.read() if f is not None else b""
 
-    return sorted(classes), {s: (lambda s=s: split_iter(s)) for s in sorted(splits)}
+    return plan.class_names, {s: (lambda s=s: split_iter(s)) for s in plan.splits}
+
+
+def _plan(images: list[str], layout: str, report: ImportReport, holdout: float, seed: int,
+          strip_top: bool) -> Plan:
+    plan = plan_layout(images, layout, report, strip_top)
+    if holdout:
+        hold_out(plan, holdout, seed)
+    report.layout = plan.layout
+    return plan
 
 
 IMAGENET_TRAIN_TAR = "ILSVRC2012_img_train.tar"
@@ -381,27 +500,41 @@ def arrays_source(arrays: dict[str, tuple[np.ndarray, np.ndarray]], report: Impo
     return names, {s: (lambda s=s: split_iter(s)) for s in sorted(arrays)}
 
 
-def open_source(source: str, report: ImportReport, class_names: list[str] | None = None) -> Source:
+def open_source(source: str, report: ImportReport, class_names: list[str] | None = None,
+                layout: str = "auto", holdout: float = 0.0, seed: int = 0) -> Source:
     """Class names come from the folders for image folders and tarballs; `class_names` names the
-    integer labels of array sources (IDX, .npz, digits), which otherwise are '0', '1', ..."""
-    if source == "digits":
-        return arrays_source(digits_arrays(), report, class_names)
+    integer labels of array sources (IDX, .npz, digits), which otherwise are '0', '1', ...
+    `layout`, `holdout` and `seed` read image folders and tarballs (`plan_layout`, `hold_out`)."""
+    if layout not in LAYOUTS:
+        raise DataError(f"--layout={layout!r} must be one of {LAYOUTS}")
     path = Path(source).expanduser()
+    images = dict(layout=layout, holdout=holdout, seed=seed)
+
+    def not_images(kind: str) -> None:
+        if layout != "auto" or holdout:
+            raise DataError(f"--layout and --holdout are for image folders and tarballs, not {kind}")
+
+    if source == "digits":
+        not_images("the embedded digits")
+        return arrays_source(digits_arrays(), report, class_names)
     if not path.exists():
         raise DataError(f"--source={source}: no such file or folder")
     if path.is_dir():
         if (path / IMAGENET_TRAIN_TAR).exists():
+            not_images("the ILSVRC-2012 tarballs")
             return imagenet_source(path, report)
         if any(path.glob("*-idx[13]-ubyte*")):
+            not_images("IDX files")
             return idx_source(path, report, class_names)
         if class_names:
             raise DataError("--class_names is for IDX / .npz sources; folders name their classes")
-        return folder_source(path, report)
+        return folder_source(path, report, **images)
     if path.name.endswith((".tar", ".tar.gz", ".tgz")):
         if class_names:
             raise DataError("--class_names is for IDX / .npz sources; tarballs name their classes")
-        return tar_source(path, report)
+        return tar_source(path, report, **images)
     if path.suffix == ".npz":
+        not_images("an .npz file")
         return npz_source(path, report, class_names)
     raise DataError(f"--source={source}: expected a folder, a .tar(.gz), an .npz or 'digits'")
 
@@ -422,7 +555,8 @@ def _make_builder(name: str, data_dir: str, class_names: list[str],
                 report.skipped.append((example_id, decode_error(e)))
                 continue
             report.count(split, label)
-            yield example_id, {"image": image, "label": label, "id": example_id}
+            yield example_id, {"image": image, "label": -1 if label is None else label,
+                               "id": example_id}
 
     class ImportedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         VERSION = tfds.core.Version(DATASET_VERSION)
@@ -462,10 +596,13 @@ def _quiet_tfds() -> None:
 
 def prepare(source: str, name: str, data_dir: str | None = None, overwrite: bool = False,
             class_names: list[str] | None = None, verbose: bool = True,
-            resize_shorter: int = 0) -> ImportReport:
+            resize_shorter: int = 0, layout: str = "auto", holdout: float = 0.0,
+            seed: int = 0) -> ImportReport:
     """Imports `source` as the TFDS ArrayRecord dataset `name` under `data_dir`; returns the report.
 
-    `resize_shorter` > 0 stores a resized copy (shorter side at most that many pixels, JPEG)."""
+    `resize_shorter` > 0 stores a resized copy (shorter side at most that many pixels, JPEG).
+    `layout` says how a folder or tarball is read (LAYOUTS); `holdout` moves that fraction of its
+    'train' images, drawn with `seed`, into a 'validation' split."""
     if resize_shorter < 0:
         raise DataError(f"--resize_shorter={resize_shorter} must be >= 0")
     if not _NAME_RE.match(name):
@@ -477,9 +614,11 @@ def prepare(source: str, name: str, data_dir: str | None = None, overwrite: bool
             raise DataError(f"dataset {name!r} already exists at {target}; pass --overwrite to replace it")
         shutil.rmtree(target)
     report = ImportReport(name=name, source=source, path=str(target))
-    names, split_iters = open_source(source, report, class_names)
+    names, split_iters = open_source(source, report, class_names, layout, holdout, seed)
     if not split_iters:
-        raise DataError(f"--source={source}: found no images under split/class/")
+        ignored = sum(report.ignored.values())
+        raise DataError(f"--source={source}: found no images to import ({len(report.skipped)} "
+                        f"file(s) outside the layout, {ignored} not images by name)")
     bad_splits = [s for s in split_iters if not _SPLIT_RE.match(s)]
     if bad_splits:
         raise DataError(f"split folder names must be identifiers, got {bad_splits}")
@@ -519,7 +658,8 @@ def main(argv: list[str]) -> None:
     class_names = [c for c in (flags_.class_names or "").split(",") if c] or None
     try:
         prepare(flags_.source, flags_.name, flags_.data_dir, flags_.overwrite, class_names,
-                resize_shorter=flags_.resize_shorter)
+                resize_shorter=flags_.resize_shorter, layout=flags_.layout,
+                holdout=flags_.holdout, seed=flags_.seed)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -537,6 +677,13 @@ def _define_flags() -> None:
                         "(IDX / .npz sources).")
     flags.DEFINE_integer("resize_shorter", 0, "Store a resized copy: images whose shorter side is "
                          "longer are resized to it (JPEG q90); 0 keeps them as they are.")
+    flags.DEFINE_enum("layout", "auto", list(LAYOUTS), "How a folder or tarball is read: "
+                      "split_class (SPLIT/CLASS/IMAGE), class (CLASS/.../IMAGE, one train split), "
+                      "flat (every image at any depth, one unlabeled train split), auto "
+                      "(split_class when laid out so, else flat).")
+    flags.DEFINE_float("holdout", 0.0, "Move this fraction of the train images (seeded) into a "
+                       "'validation' split.")
+    flags.DEFINE_integer("seed", 0, "Seed of the --holdout draw.")
     flags.mark_flags_as_required(["source", "name"])
 
 

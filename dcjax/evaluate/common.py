@@ -14,7 +14,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from dcjax.checkpoint import Checkpointer, abstract_like
-from dcjax.config_lib import ConfigError, base_config, validate, validate_against_data
+from dcjax.config_lib import (
+    ConfigError,
+    base_config,
+    resolve_auto,
+    validate,
+    validate_against_data,
+)
 from dcjax.data.datasets import DatasetInfo, open_split
 from dcjax.data.prepare import ensure_embedded
 from dcjax.models import from_config
@@ -57,6 +63,7 @@ class Network:
     params: Any
     batch_stats: Any
     step: int | None  # the checkpoint's step; None for the random initialisation
+    epochs_trained: int = 0  # epochs completed when the checkpoint was written
 
     @property
     def variables(self) -> tuple:
@@ -88,8 +95,9 @@ def load_network(config: ml_collections.ConfigDict, workdir: str | Path, init: s
         ckpt.close()
     if restored is None:
         raise ConfigError(f"no readable checkpoint in {directory}")
-    found, state, _, _ = restored
-    return Network(model, state.params, state.batch_stats, found)
+    found, state, _, meta = restored
+    epochs = int(meta["epoch"]) + 1 if meta.get("epoch_done") else int(meta["epoch"])
+    return Network(model, state.params, state.batch_stats, found, epochs)
 
 
 @dataclasses.dataclass
@@ -107,6 +115,7 @@ def open_splits(config: ml_collections.ConfigDict) -> Splits:
                           f"{d.name!r}")
     ensure_embedded(d.name, d.data_dir or None)
     train, info = open_split(d.name, d.train_split, d.data_dir or None)
+    resolve_auto(config, info.split_sizes)
     validate_against_data(config, info.split_sizes)
     test, _ = open_split(d.name, d.eval_split, d.data_dir or None)
     if info.num_classes < 2:

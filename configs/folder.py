@@ -1,0 +1,82 @@
+r"""DeepCluster on your own images: any dataset imported from a folder, labelled or not.
+
+    python -m dcjax.data.prepare --source=~/photos --name=photos
+    python -m dcjax.main --config=configs/folder.py:photos --workdir=runs/photos
+
+The argument is the dataset's name, optionally followed by a variant: `photos,alexnet224` (the
+reference AlexNet-BN geometry at 224 px, for a GPU and tens of thousands of images or more) or
+`photos,smoke` (a few seconds, for tests). Every field stays overridable
+(`--config.num_epochs=60`, `--config.clustering.k=500`, ...).
+
+Defaults, for a few thousand to a few million photos:
+  * k = 0: one cluster per 100 images, at least 10 and at most 10,000 (config_lib.auto_k; the
+    paper's 10,000 for ImageNet's 1.28M images);
+  * the small AlexNet with Sobel at 64 px (centre view: shorter side 73, the reference's 224/256
+    ratio), narrowed so that a 2-core CPU trains about 500 images a second; crops of 20-100% of the
+    image, horizontal flips;
+  * 30 epochs, batch 128, the reference optimiser (SGD lr 0.05, momentum 0.9);
+  * a 'validation' split (`prepare --holdout=0.1`) is used by `python -m dcjax.evaluate` when the
+    images are labelled; training needs neither labels nor a held-out split.
+
+Measured on the 2-core development CPU: see docs/own_images.md (the Imagenette training images as
+a folder of photos).
+"""
+
+import os
+
+from dcjax.config_lib import base_config
+
+VARIANTS = ("alexnet224", "smoke")
+
+
+def get_config(arg: str | None = None):
+    name, _, variant = (arg or "").partition(",")
+    if not name:
+        raise ValueError("configs/folder.py needs the dataset's name: --config=configs/folder.py:NAME")
+    if variant and variant not in VARIANTS:
+        raise ValueError(f"configs/folder.py:{arg}: the variant must be one of {VARIANTS}")
+    c = base_config()
+    c.num_epochs = 30
+    c.batch_size = 128
+    c.log_every_steps = 20
+
+    c.data.name = name
+    c.data.train_split = "train"
+    c.data.eval_split = "validation"
+    c.data.num_threads = min(8, os.cpu_count() or 1)
+    c.data.image_size = 64
+    c.data.resize_size = 73
+    c.data.crop_scale = (0.2, 1.0)
+    c.eval.crop_scale = (0.2, 1.0)
+
+    c.model.name = "alexnet_small"
+    c.model.widths = (32, 64, 128, 128, 64)
+    c.model.fc_dim = 512
+
+    c.clustering.k = 0  # config_lib.auto_k
+    c.clustering.pca_dim = 64
+    c.pixel_baseline = True  # printed at the end when the images are labelled
+
+    if variant == "alexnet224":
+        c.batch_size = 256
+        c.data.image_size = 224
+        c.data.resize_size = 256
+        c.data.crop_scale = (0.08, 1.0)
+        c.eval.crop_scale = (0.08, 1.0)
+        c.model.name = "alexnet"
+        c.model.widths = ()
+        c.model.fc_dim = 4096
+        c.clustering.pca_dim = 256
+    elif variant == "smoke":
+        c.num_epochs = 1
+        c.batch_size = 16
+        c.log_every_steps = 2
+        c.data.image_size = 32
+        c.data.resize_size = 36
+        c.model.widths = (8, 16, 16, 16, 16)
+        c.model.fc_dim = 64
+        c.clustering.k = 4
+        c.clustering.pca_dim = 8
+        c.clustering.iterations = 5
+        c.pixel_baseline = False
+    return c

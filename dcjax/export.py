@@ -1,0 +1,225 @@
+r"""The clustering of a trained network, per image: `python -m dcjax.export --workdir=RUN [--step=N]
+[--out=DIR]`.
+
+The trainer writes RUN/export/ at the end of a run; this command writes the same for any
+checkpoint (the latest by default; `--out` defaults to RUN/export, or RUN/export_step_N with
+--step). Files, all in dataset order (row i = image i of the training split):
+
+  assignments.csv     id (the image's path as imported), cluster (its nearest centroid), distance
+                      (Euclidean, in the PCA-whitened space), label (the class name; only when the
+                      dataset has labels)
+  features_fc7.npy    [N, fc_dim] float32, fc7 before its ReLU, deterministic view
+  features_pca.npy    [N, pca_dim] float32, PCA-whitened and L2-normalised (what k-means clusters)
+  clustering.npz      pca_mean [fc_dim], pca_components [fc_dim, pca_dim], pca_eigenvalues
+                      [pca_dim], centroids [k, pca_dim], k, config (JSON), checkpoint_step,
+                      epochs_trained, dataset, num_images: what `dcjax.predict` needs
+
+The feature files are written shard by shard, a chunk of rows at a time, by the process that holds
+each shard: no host ever holds the whole array. The clustering is that of dcjax.pseudolabels with
+seed `config.seed + epochs_trained`, so this command on a run's final checkpoint writes what the
+run itself wrote. docs/own_images.md shows the whole path from a folder of photos.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from dcjax.clustering import PCA
+from dcjax.pseudolabels import Clustering
+
+CHUNK_ROWS = 65536  # rows fetched from a device at a time when writing features
+FILES = ("assignments.csv", "features_fc7.npy", "features_pca.npy", "clustering.npz")
+
+
+def read_ids(source: Any, chunk: int = 1024) -> list[str]:
+    """The `id` of every record of `source`, in order (record indices when it stores none)."""
+    ids: list[str] = []
+    for start in range(0, len(source), chunk):
+        keys = list(range(start, min(start + chunk, len(source))))
+        records = (source.__getitems__(keys) if hasattr(source, "__getitems__")
+                   else [source[i] for i in keys])
+        for i, r in zip(keys, records):
+            value = r.get("id", str(i)) if isinstance(r, dict) else str(i)
+            ids.append(value.decode() if isinstance(value, bytes) else str(value))
+    return ids
+
+
+def _host(x) -> np.ndarray:
+    """A replicated (possibly multi-host) array on this host."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def write_rows_in_order(path: Path, rows: jax.Array, image: np.ndarray, n: int) -> None:
+    """Writes row-sharded `rows` [R, D] as an [n, D] float32 .npy file in dataset order, row r at
+    position image[r] (rows with image -1 are padding). Each process writes the shards it holds,
+    CHUNK_ROWS rows at a time, into one memory-mapped file created by process 0."""
+    d = rows.shape[1]
+    tmp = path.with_name(path.name + ".partial")
+    if jax.process_index() == 0:
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, d)).flush()
+    _sync(f"create {path.name}")
+    out = np.lib.format.open_memmap(tmp, mode="r+")
+    for shard in rows.addressable_shards:
+        start = shard.index[0].start or 0
+        size = shard.data.shape[0]
+        for a in range(0, size, CHUNK_ROWS):
+            b = min(a + CHUNK_ROWS, size)
+            where = image[start + a: start + b]
+            keep = where >= 0
+            if keep.any():
+                out[where[keep]] = np.asarray(shard.data[a:b], np.float32)[keep]
+    out.flush()
+    del out
+    _sync(f"write {path.name}")
+    if jax.process_index() == 0:
+        os.replace(tmp, path)
+
+
+def write_export(out: Path, clustering: Clustering, ids: list[str], class_names: tuple[str, ...],
+                 config: ml_collections.ConfigDict, checkpoint_step: int | None,
+                 epochs_trained: int) -> Path:
+    """Writes FILES to `out` (see the module docstring). `clustering` must hold the nearest
+    centroids and the features (cluster_network(..., nearest=True, keep_features=True))."""
+    if clustering.features is None or clustering.nearest is None:
+        raise ValueError("write_export needs cluster_network(..., nearest=True, keep_features=True)")
+    n = len(ids)
+    lead = jax.process_index() == 0
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
+    _sync("export directory")
+    write_rows_in_order(out / "features_fc7.npy", clustering.features.rows, clustering.image, n)
+    write_rows_in_order(out / "features_pca.npy", clustering.reduced, clustering.image, n)
+    if lead:
+        labelled = len(class_names) >= 2 and clustering.labels.min() >= 0
+        tmp = out / "assignments.csv.partial"
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "cluster", "distance"] + (["label"] if labelled else []))
+            for i in range(n):
+                row = [ids[i], int(clustering.nearest[i]), f"{clustering.distance[i]:.6g}"]
+                w.writerow(row + ([class_names[clustering.labels[i]]] if labelled else []))
+        os.replace(tmp, out / "assignments.csv")
+        tmp = out / "clustering.partial.npz"
+        np.savez(tmp, pca_mean=_host(clustering.pca.mean),
+                 pca_components=_host(clustering.pca.components),
+                 pca_eigenvalues=_host(clustering.pca.eigenvalues), centroids=clustering.centroids,
+                 k=np.int64(clustering.k), config=np.array(config.to_json_best_effort()),
+                 checkpoint_step=np.int64(-1 if checkpoint_step is None else checkpoint_step),
+                 epochs_trained=np.int64(epochs_trained), dataset=np.array(config.data.name),
+                 num_images=np.int64(n))
+        os.replace(tmp, out / "clustering.npz")
+    _sync("export written")
+    return out
+
+
+def load_clustering(path: Path) -> dict:
+    """clustering.npz as a dict: 'pca' (a PCA of numpy arrays), 'centroids', 'k', 'config' (a
+    dict), 'checkpoint_step' (None for a random initialisation), 'epochs_trained', 'dataset'."""
+    from dcjax.data.datasets import DataError
+
+    try:
+        z = np.load(path)
+        out = {"pca": PCA(mean=z["pca_mean"], components=z["pca_components"],
+                          eigenvalues=z["pca_eigenvalues"]),
+               "centroids": z["centroids"], "k": int(z["k"]), "config": json.loads(str(z["config"])),
+               "checkpoint_step": int(z["checkpoint_step"]), "epochs_trained": int(z["epochs_trained"]),
+               "dataset": str(z["dataset"]), "num_images": int(z["num_images"])}
+    except FileNotFoundError as e:
+        raise DataError(f"{path} does not exist: run `python -m dcjax.export --workdir=RUN` "
+                        f"first") from e
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"{path} is not a dcjax clustering.npz ({type(e).__name__}: {e})") from e
+    if out["checkpoint_step"] < 0:
+        out["checkpoint_step"] = None
+    return out
+
+
+def export_checkpoint(workdir: str, step: int | None = None, out: str | None = None,
+                      config: ml_collections.ConfigDict | None = None) -> Path:
+    """Clusters the run's checkpoint (latest or `step`) and writes its export; returns the folder."""
+    from dcjax.data.datasets import open_split
+    from dcjax.data.prepare import ensure_embedded
+    from dcjax.evaluate.common import config_from_run, load_network
+    from dcjax.features import write_rows_fn
+    from dcjax.pseudolabels import cluster_network
+    from dcjax.sharding import default_mesh
+    from dcjax.step import make_feature_fn
+
+    config = config or config_from_run(workdir)
+    d = config.data
+    ensure_embedded(d.name, d.data_dir or None)
+    source, info = open_split(d.name, d.train_split, d.data_dir or None)
+    mesh = default_mesh()
+    net = load_network(config, workdir, "trained", step, mesh)
+    epochs = net.epochs_trained
+    clustering = cluster_network(config, jax.jit(make_feature_fn(net.model, "fc7")), net.variables,
+                                 source, mesh, int(config.seed) + epochs,
+                                 write_rows=write_rows_fn(mesh), nearest=True, keep_features=True,
+                                 verbose=jax.process_index() == 0)
+    folder = Path(out) if out else Path(workdir) / ("export" if step is None else f"export_step_{step}")
+    return write_export(folder, clustering, read_ids(source), info.class_names, config, net.step,
+                        epochs)
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags, logging
+
+    from dcjax import distributed
+    from dcjax.config_lib import ConfigError
+    from dcjax.data.datasets import DataError
+
+    if len(argv) > 1:
+        print(f"error: unexpected arguments: {argv[1:]}", file=sys.stderr)
+        sys.exit(2)
+    f = flags.FLAGS
+    if not f["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    try:
+        distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
+        folder = export_checkpoint(f.workdir, f.step, f.out)
+    except (ConfigError, DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if jax.process_index() == 0:
+        print(f"written to {folder}: {', '.join(FILES)}")
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    from dcjax import distributed
+
+    flags.DEFINE_string("workdir", None, "The run's directory (checkpoints/, config.json).")
+    flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
+    flags.DEFINE_string("out", None, "Output folder (default: RUN/export, or RUN/export_step_N "
+                        "with --step).")
+    distributed.define_flags()
+    flags.mark_flags_as_required(["workdir"])
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _define_flags()
+    from dcjax import cli
+
+    app.run(main, flags_parser=cli.parse_flags)
