@@ -1,0 +1,353 @@
+"""Your own images: import any folder, train without labels, export, predict, gallery."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT
+from PIL import Image
+
+from dcjax.config_lib import auto_k, load_config_file
+from dcjax.data.datasets import DataError, open_split
+from dcjax.data.prepare import prepare
+
+# Three colour families, so that even a barely trained network has clusters to find.
+COLOURS = ((200, 30, 30), (30, 200, 30), (30, 30, 200))
+
+
+def _image(rng, i: int) -> Image.Image:
+    h, w = int(rng.integers(24, 48)), int(rng.integers(24, 48))
+    base = np.zeros((h, w, 3), np.float32) + COLOURS[i % 3]
+    return Image.fromarray(np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8))
+
+
+def write_photos(root: Path, rels: list[str], seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    for i, rel in enumerate(rels):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _image(rng, i).save(path)
+    return rels
+
+
+def mixed_depth(n: int = 36) -> list[str]:
+    """Images at depths 1 to 4, as an album folder has them."""
+    places = ("", "album_1/", "album_1/2019/", "album_2/2020/summer/")
+    return [f"{places[i % 4]}img_{i:03d}.{('jpg', 'png')[i % 2]}" for i in range(n)]
+
+
+def add_junk(root: Path) -> dict[str, int]:
+    """Files that are not images: a corrupt JPEG, a truncated PNG (skipped), and non-images by
+    name (ignored); returns how many of each kind."""
+    (root / "album_1" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    good = (root / "album_1" / "img_001.png").read_bytes()
+    (root / "album_2" / "truncated.png").write_bytes(good[: len(good) // 3])
+    (root / "notes.txt").write_text("holiday")
+    (root / "album_1" / "meta.json").write_text("{}")
+    (root / ".DS_Store").write_bytes(b"\0\0")
+    return {"skipped": 2, "ignored": 3}
+
+
+def all_files(root: Path) -> int:
+    return sum(1 for p in root.rglob("*") if p.is_file())
+
+
+# ----------------------------------------------------------------------------- import
+
+
+def test_flat_folder_of_mixed_depth_imports_every_image_unlabeled(tmp_path, capsys):
+    rels = write_photos(tmp_path / "photos", mixed_depth())
+    junk = add_junk(tmp_path / "photos")
+    report = prepare(str(tmp_path / "photos"), "photos", str(tmp_path / "tfds"))
+    assert report.layout == "flat"
+    assert report.counts == {"train": {"(unlabeled)": len(rels)}}
+    assert sorted(p for p, _ in report.skipped) == ["album_1/broken.jpg", "album_2/truncated.png"]
+    assert sum(report.ignored.values()) == junk["ignored"]
+    # Nothing dropped silently: every file is imported, skipped with a reason, or counted.
+    assert report.total() + len(report.skipped) + sum(report.ignored.values()) == \
+        all_files(tmp_path / "photos")
+    out = capsys.readouterr().out
+    assert f"train: {len(rels)} images, unlabeled" in out
+    assert "ignored: 3 file(s) that are not images by name (.json 1, .txt 1, hidden 1)" in out
+    source, info = open_split("photos", "train", str(tmp_path / "tfds"))
+    assert info.class_names == () and len(source) == len(rels)
+    assert sorted(source[i]["id"].decode() for i in range(len(source))) == sorted(rels)
+    assert {int(source[i]["label"]) for i in range(len(source))} == {-1}
+
+
+def test_images_under_train_without_classes_are_flat(tmp_path):
+    rels = write_photos(tmp_path / "shots", [f"train/{i}.jpg" for i in range(6)])
+    report = prepare(str(tmp_path / "shots"), "shots", str(tmp_path / "tfds"), verbose=False)
+    assert report.layout == "flat" and report.total("train") == len(rels)
+
+
+def test_split_class_folder_keeps_its_splits_and_classes(tmp_path):
+    rels = [f"data/{s}/{c}/{i}.png" for s in ("train", "val") for c in ("cat", "dog")
+            for i in range(3)]
+    write_photos(tmp_path / "pets", rels)
+    report = prepare(str(tmp_path / "pets"), "pets", str(tmp_path / "tfds"), verbose=False)
+    assert report.layout == "split_class"
+    assert report.counts == {"train": {"cat": 3, "dog": 3}, "val": {"cat": 3, "dog": 3}}
+
+
+def test_a_split_named_folder_among_others_is_not_a_split(tmp_path):
+    # 'train' sits beside 'holiday': not a split/class layout, so every image is kept.
+    rels = write_photos(tmp_path / "mix", ["train/a/1.jpg", "train/b/2.jpg", "holiday/x/3.jpg"])
+    report = prepare(str(tmp_path / "mix"), "mix", str(tmp_path / "tfds"), verbose=False)
+    assert report.layout == "flat" and report.total() == len(rels) and not report.skipped
+
+
+def test_class_layout_with_a_seeded_holdout(tmp_path):
+    rels = [f"{c}/{sub}{i}.jpg" for c in ("cat", "dog") for i, sub in
+            zip(range(10), ("", "x/") * 5)]
+    write_photos(tmp_path / "pets", rels)
+    kw = dict(layout="class", holdout=0.2, seed=3, verbose=False)
+    report = prepare(str(tmp_path / "pets"), "pets", str(tmp_path / "tfds"), **kw)
+    assert report.total("train") == 16 and report.total("validation") == 4
+    assert report.class_names == ["cat", "dog"]
+    again = prepare(str(tmp_path / "pets"), "pets2", str(tmp_path / "tfds"), **kw)
+    held = lambda name: sorted(open_split(name, "validation", str(tmp_path / "tfds"))[0][i]["id"]
+                               for i in range(4))
+    assert held("pets") == held("pets2") and again.counts == report.counts
+    source, info = open_split("pets", "validation", str(tmp_path / "tfds"))
+    for i in range(len(source)):
+        assert info.class_names[source[i]["label"]] == source[i]["id"].decode().split("/")[0]
+
+
+def test_tarball_of_a_flat_folder_imports_like_the_folder(tmp_path):
+    rels = write_photos(tmp_path / "photos", mixed_depth(12))
+    add_junk(tmp_path / "photos")
+    with tarfile.open(tmp_path / "photos.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "photos", arcname="photos")
+    report = prepare(str(tmp_path / "photos.tar.gz"), "photos_tar", str(tmp_path / "tfds"),
+                     verbose=False)
+    assert report.layout == "flat" and report.total("train") == len(rels)
+    assert len(report.skipped) == 2 and sum(report.ignored.values()) == 3
+    source, _ = open_split("photos_tar", "train", str(tmp_path / "tfds"))
+    assert sorted(source[i]["id"].decode() for i in range(len(source))) == \
+        sorted(f"photos/{r}" for r in rels)
+
+
+def test_layout_options_are_refused_where_they_mean_nothing(tmp_path):
+    with pytest.raises(DataError, match="--layout and --holdout are for image folders"):
+        prepare("digits", "digits_x", str(tmp_path), holdout=0.1, verbose=False)
+    write_photos(tmp_path / "p", ["a.jpg", "b.jpg"])
+    with pytest.raises(DataError, match="--layout="):
+        prepare(str(tmp_path / "p"), "p", str(tmp_path / "tfds"), layout="tree", verbose=False)
+    with pytest.raises(DataError, match="leaves an empty split"):
+        prepare(str(tmp_path / "p"), "p", str(tmp_path / "tfds"), holdout=0.1, verbose=False)
+
+
+def test_prepare_cli_layout_flag(tmp_path):
+    write_photos(tmp_path / "p", [f"a/{i}.jpg" for i in range(4)] + [f"b/{i}.jpg" for i in range(4)])
+    result = subprocess.run([sys.executable, "-m", "dcjax.data.prepare", f"--source={tmp_path / 'p'}",
+                             "--name=p", f"--data_dir={tmp_path / 'tfds'}", "--layout=class",
+                             "--holdout=0.25"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "layout class" in result.stdout and "train: 6 images in 2 classes" in result.stdout
+    assert "validation: 2 images" in result.stdout
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_auto_k_rule():
+    assert [auto_k(n) for n in (15, 40, 300, 9469, 50_000, 1_281_167)] == [7, 10, 10, 94, 500, 10_000]
+
+
+def test_folder_config_takes_the_dataset_name():
+    c = load_config_file(str(ROOT / "configs" / "folder.py"), "photos")
+    assert (c.data.name, c.clustering.k, c.data.eval_split) == ("photos", 0, "validation")
+    big = load_config_file(str(ROOT / "configs" / "folder.py"), "photos,alexnet224")
+    assert (big.model.name, big.data.image_size) == ("alexnet", 224)
+    with pytest.raises(ValueError, match="needs the dataset's name"):
+        load_config_file(str(ROOT / "configs" / "folder.py"))
+
+
+# ----------------------------------------------------------------------------- gallery
+
+
+def synthetic_assignments(n=30, k=4, labelled=True):
+    rng = np.random.default_rng(0)
+    cluster = np.array([i % k if i % 5 else 0 for i in range(n)])
+    return {"ids": [f"img_{i}.jpg" for i in range(n)], "cluster": cluster,
+            "distance": rng.random(n), "labels": [("a", "b")[i % 2] for i in range(n)]
+            if labelled else None}
+
+
+def test_gallery_pages(tmp_path):
+    from dcjax.gallery import write_gallery
+
+    a = synthetic_assignments()
+    (tmp_path / "thumbs").mkdir()
+    stats = write_gallery(a, tmp_path, "test", strip=3, per_page=4)
+    sizes = np.bincount(a["cluster"])
+    assert stats["clusters"] == 4 and stats["index_images"] == 12
+    assert stats["pages"] == sum(-(-s // 4) for s in sizes)
+    index = (tmp_path / "index.html").read_text()
+    # Largest cluster first, and a purity for labelled images.
+    order = [index.index(f'id="c{c}"') for c in np.argsort(-sizes, kind="stable")]
+    assert order == sorted(order) and "purity" in index
+    biggest = int(np.argmax(sizes))
+    last = f"cluster_{biggest:04d}_{-(-sizes[biggest] // 4)}.html"
+    assert (tmp_path / last).exists() and "previous page" in (tmp_path / last).read_text()
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("no chromium (Debian package 'chromium'; .ci/run installs it)")
+    return path
+
+
+def rendered(index: Path) -> str:
+    """The DOM of `index` after Chromium (headless) has loaded it and its images."""
+    result = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+                             "--virtual-time-budget=5000", "--dump-dom", index.as_uri()],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def unlabeled_run(tmp_path_factory):
+    """A flat folder of 48 photos at mixed depths (and junk), imported and trained with
+    configs/folder.py:NAME,smoke, no flags about labels or splits."""
+    from dcjax.train import train_and_evaluate
+
+    root = tmp_path_factory.mktemp("own")
+    write_photos(root / "photos", mixed_depth(48))
+    add_junk(root / "photos")
+    data_dir = str(root / "tfds")
+    prepare(str(root / "photos"), "photos", data_dir, verbose=False)
+    c = load_config_file(str(ROOT / "configs" / "folder.py"), "photos,smoke")
+    c.data.data_dir = data_dir
+    c.num_epochs = 2
+    final = train_and_evaluate(c, str(root / "run"))
+    return root, final
+
+
+@pytest.mark.slow
+def test_unlabeled_training_needs_no_flags(unlabeled_run):
+    root, final = unlabeled_run
+    records = [json.loads(x) for x in (root / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert all(r["nmi_labels"] is None and np.isfinite(r["loss"]) for r in records)
+    assert records[1]["nmi_prev"] is not None and final["final_nmi_labels"] is None
+
+
+@pytest.mark.slow
+def test_export_holds_every_image_in_dataset_order(unlabeled_run):
+    root, _ = unlabeled_run
+    out = root / "run" / "export"
+    with open(out / "assignments.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    source, _ = open_split("photos", "train", str(root / "tfds"))
+    assert [r["id"] for r in rows] == [source[i]["id"].decode() for i in range(len(source))]
+    assert list(rows[0]) == ["id", "cluster", "distance"]  # no label column without labels
+    cluster = np.array([int(r["cluster"]) for r in rows])
+    assert cluster.min() >= 0 and cluster.max() < 4
+    fc7, pca = np.load(out / "features_fc7.npy"), np.load(out / "features_pca.npy")
+    assert fc7.shape == (48, 64) and pca.shape == (48, 8)
+    assert np.isfinite(fc7).all() and np.allclose(np.linalg.norm(pca, axis=1), 1.0, atol=1e-4)
+    z = np.load(out / "clustering.npz")
+    assert z["centroids"].shape == (4, 8) and z["pca_components"].shape == (64, 8)
+    # The cluster is the nearest saved centroid, at the distance written.
+    d = ((pca[:, None, :] - z["centroids"][None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(np.argmin(d, axis=1), cluster)
+    np.testing.assert_allclose(np.sqrt(d.min(1)), [float(r["distance"]) for r in rows],
+                               rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_export_command_rewrites_what_training_wrote(unlabeled_run):
+    root, _ = unlabeled_run
+    result = subprocess.run([sys.executable, "-m", "dcjax.export", f"--workdir={root / 'run'}",
+                             f"--out={root / 'again'}"], cwd=ROOT, capture_output=True, text=True,
+                            env={**__import__("os").environ, "DCJAX_DATA_DIR": str(root / "tfds")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, again = root / "run" / "export", root / "again"
+    assert (first / "assignments.csv").read_text() == (again / "assignments.csv").read_text()
+    np.testing.assert_array_equal(np.load(first / "features_fc7.npy"),
+                                  np.load(again / "features_fc7.npy"))
+
+
+@pytest.mark.slow
+def test_predicting_the_training_images_gives_their_exported_clusters(unlabeled_run, tmp_path):
+    from dcjax.predict import predict
+
+    root, _ = unlabeled_run
+    count, skipped = predict(str(root / "run"), str(root / "photos"), str(tmp_path / "p.csv"),
+                             str(tmp_path / "f.npy"))
+    assert count == 48 and sorted(n for n, _ in skipped) == ["album_1/broken.jpg",
+                                                             "album_2/truncated.png"]
+    with open(tmp_path / "p.csv", newline="") as f:
+        predicted = {r["path"]: (r["cluster"], float(r["distance"])) for r in csv.DictReader(f)}
+    with open(root / "run" / "export" / "assignments.csv", newline="") as f:
+        exported = {r["id"]: (r["cluster"], float(r["distance"])) for r in csv.DictReader(f)}
+    assert predicted.keys() == exported.keys()
+    assert {k: v[0] for k, v in predicted.items()} == {k: v[0] for k, v in exported.items()}
+    for k in exported:
+        assert abs(predicted[k][1] - exported[k][1]) < 1e-3
+    assert np.load(tmp_path / "f.npy").shape == (48, 64)
+
+
+@pytest.mark.slow
+def test_predict_cli_lists_unreadable_files_and_goes_on(unlabeled_run, tmp_path):
+    root, _ = unlabeled_run
+    files = f"{root / 'photos' / 'img_000.jpg'},{root / 'photos' / 'album_1' / 'broken.jpg'}"
+    result = subprocess.run([sys.executable, "-m", "dcjax.predict", f"--workdir={root / 'run'}",
+                             f"--source={files}", f"--out={tmp_path / 'p.csv'}"], cwd=ROOT,
+                            capture_output=True, text=True,
+                            env={**__import__("os").environ, "DCJAX_DATA_DIR": str(root / "tfds")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "skipped" in result.stderr and "broken.jpg" in result.stderr
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_gallery_renders_in_a_browser(unlabeled_run, tmp_path):
+    from dcjax.gallery import gallery
+
+    root, _ = unlabeled_run
+    folder, stats = gallery(str(root / "run"), out=str(tmp_path / "g"), strip=5, per_page=10)
+    dom = rendered(folder / "index.html")
+    assert dom.count('class="cluster"') == stats["clusters"] >= 2
+    loaded = int(dom.split('data-loaded="')[1].split('"')[0])
+    assert loaded == stats["index_images"] > 0  # every thumbnail on the page was displayed
+    assert len(list((folder / "thumbs").glob("*.jpg"))) == 48
+
+
+@pytest.mark.slow
+def test_labels_never_change_training(unlabeled_run, tmp_path):
+    """The same folder imported with --layout=class (labels from the top folders) trains to the
+    same features as the unlabeled import: labels only feed the metrics."""
+    from dcjax.train import train_and_evaluate
+
+    root, _ = unlabeled_run
+    # Top folders '', album_1, album_2: class layout needs every image in a folder, so copy the
+    # images that sit in a folder only, and the same set as a flat import.
+    rels = [r for r in mixed_depth(48) if "/" in r]
+    for name, layout in (("lab", "class"), ("unlab", "flat")):
+        for r in rels:
+            (tmp_path / name / r).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(root / "photos" / r, tmp_path / name / r)
+        prepare(str(tmp_path / name), f"photos_{name}", str(tmp_path / "tfds"), layout=layout,
+                verbose=False)
+    features = {}
+    for name in ("lab", "unlab"):
+        c = load_config_file(str(ROOT / "configs" / "folder.py"), f"photos_{name},smoke")
+        c.data.data_dir = str(tmp_path / "tfds")
+        final = train_and_evaluate(c, str(tmp_path / f"run_{name}"))
+        features[name] = np.load(tmp_path / f"run_{name}" / "export" / "features_fc7.npy")
+        assert (final["final_nmi_labels"] is None) == (name == "unlab")
+    np.testing.assert_array_equal(features["lab"], features["unlab"])
