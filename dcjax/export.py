@@ -93,15 +93,19 @@ def write_rows_in_order(path: Path, rows: jax.Array, image: np.ndarray, n: int) 
         os.replace(tmp, path)
 
 
-def write_export(out: Path, clustering: Clustering, ids: list[str], class_names: tuple[str, ...],
+def write_export(out: Path, clustering: Clustering, ids: list[str] | None,
+                 class_names: tuple[str, ...],
                  config: ml_collections.ConfigDict, checkpoint_step: int | None,
                  epochs_trained: int) -> Path:
     """Writes FILES to `out` (see the module docstring). `clustering` must hold the nearest
-    centroids and the features (cluster_network(..., nearest=True, keep_features=True))."""
+    centroids and the features (cluster_network(..., nearest=True, keep_features=True)). `ids`
+    (the images' ids in dataset order) are needed on process 0 only."""
     if clustering.features is None or clustering.nearest is None:
         raise ValueError("write_export needs cluster_network(..., nearest=True, keep_features=True)")
-    n = len(ids)
+    n = len(clustering.assignment)
     lead = jax.process_index() == 0
+    if lead and (ids is None or len(ids) != n):
+        raise ValueError(f"write_export needs the {n} images' ids on process 0")
     if lead:
         out.mkdir(parents=True, exist_ok=True)
     _sync("export directory")
@@ -175,8 +179,8 @@ def export_checkpoint(workdir: str, step: int | None = None, out: str | None = N
                                  write_rows=write_rows_fn(mesh), nearest=True, keep_features=True,
                                  verbose=jax.process_index() == 0)
     folder = Path(out) if out else Path(workdir) / ("export" if step is None else f"export_step_{step}")
-    return write_export(folder, clustering, read_ids(source), info.class_names, config, net.step,
-                        epochs)
+    ids = read_ids(source) if jax.process_index() == 0 else None
+    return write_export(folder, clustering, ids, info.class_names, config, net.step, epochs)
 
 
 def main(argv: list[str]) -> None:

@@ -499,8 +499,9 @@ def finish(run: Run, state: TrainState, history: list[dict], assignment: np.ndar
                       ("nmi_labels", "ari_labels", "acc_labels", "kmeans_objective")})
         if lead:
             write_cluster_grid(run, clustering.assignment, clustering.distance, c.num_epochs)
-        folder = write_export(run.workdir / "export", clustering, read_ids(run.source),
-                              run.info.class_names, c, int(state.step), c.num_epochs)
+        folder = write_export(run.workdir / "export", clustering,
+                              read_ids(run.source) if lead else None, run.info.class_names, c,
+                              int(state.step), c.num_epochs)
         del clustering
         if lead:
             print(f"per-image clusters and features written to {folder}")
