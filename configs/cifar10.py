@@ -11,7 +11,7 @@ Import once from the JPEG tarball shipped beside the project:
 for its 30 epochs; docs/evaluation.md evaluates it after 20. `:smoke` shrinks it for a quick check.
 """
 
-from dcjax.config_lib import base_config
+from dcjax.config_lib import base_config, shrink_to_smoke
 
 
 def get_config(arg: str | None = None):
@@ -38,9 +38,5 @@ def get_config(arg: str | None = None):
         c.clustering.pca_dim = 64
         c.data.crop_scale = (0.2, 1.0)
     elif arg == "smoke":
-        c.num_epochs = 1
-        c.model.widths = (8, 16, 16, 16, 16)
-        c.model.fc_dim = 64
-        c.clustering.k = 10
-        c.clustering.pca_dim = 16
+        shrink_to_smoke(c)
     return c

@@ -9,7 +9,7 @@ k-means on the learned features, 0.707, beats k-means on the raw pixels with the
 `--config=configs/digits.py:smoke` shrinks the same run to a few seconds for tests.
 """
 
-from dcjax.config_lib import base_config
+from dcjax.config_lib import base_config, shrink_to_smoke
 
 
 def get_config(arg: str | None = None):
@@ -38,11 +38,6 @@ def get_config(arg: str | None = None):
     c.pixel_baseline = True  # print k-means-on-pixels NMI beside the final NMI
 
     if arg == "smoke":
-        c.num_epochs = 1
-        c.batch_size = 32
-        c.model.widths = (8, 16, 16, 16, 16)
-        c.model.fc_dim = 64
-        c.clustering.k = 10
-        c.clustering.pca_dim = 16
+        shrink_to_smoke(c)
         c.clustering.iterations = 5
     return c

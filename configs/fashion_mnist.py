@@ -11,7 +11,7 @@ Expected time: not yet measured (its network is wider than configs/cifar10.py:cp
 about 110 s per epoch of 50,000 images on a 2-core CPU). `:smoke` shrinks it for a quick check.
 """
 
-from dcjax.config_lib import base_config
+from dcjax.config_lib import base_config, shrink_to_smoke
 
 
 def get_config(arg: str | None = None):
@@ -33,9 +33,5 @@ def get_config(arg: str | None = None):
     c.clustering.pca_dim = 128
 
     if arg == "smoke":
-        c.num_epochs = 1
-        c.model.widths = (8, 16, 16, 16, 16)
-        c.model.fc_dim = 64
-        c.clustering.k = 10
-        c.clustering.pca_dim = 16
+        shrink_to_smoke(c)
     return c

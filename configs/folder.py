@@ -24,7 +24,7 @@ a folder of photos).
 
 import os
 
-from dcjax.config_lib import base_config
+from dcjax.config_lib import base_config, shrink_to_smoke
 
 VARIANTS = ("alexnet224", "smoke")
 
@@ -68,13 +68,11 @@ def get_config(arg: str | None = None):
         c.model.fc_dim = 4096
         c.clustering.pca_dim = 256
     elif variant == "smoke":
-        c.num_epochs = 1
+        shrink_to_smoke(c)
         c.batch_size = 16
         c.log_every_steps = 2
         c.data.image_size = 32
         c.data.resize_size = 36
-        c.model.widths = (8, 16, 16, 16, 16)
-        c.model.fc_dim = 64
         c.clustering.k = 4
         c.clustering.pca_dim = 8
         c.clustering.iterations = 5

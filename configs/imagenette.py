@@ -15,7 +15,7 @@ full-width 64 px default is not measured (estimated several times slower than `:
 `:smoke` shrinks it for a quick check.
 """
 
-from dcjax.config_lib import base_config
+from dcjax.config_lib import base_config, shrink_to_smoke
 
 
 def get_config(arg: str | None = None):
@@ -50,9 +50,5 @@ def get_config(arg: str | None = None):
         c.model.fc_dim = 4096
         c.clustering.pca_dim = 256
     elif arg == "smoke":
-        c.num_epochs = 1
-        c.model.widths = (8, 16, 16, 16, 16)
-        c.model.fc_dim = 64
-        c.clustering.k = 10
-        c.clustering.pca_dim = 16
+        shrink_to_smoke(c)
     return c

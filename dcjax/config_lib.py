@@ -127,6 +127,17 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def shrink_to_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The `:smoke` variant of a config file: one epoch of a tiny small-AlexNet, k = 10, PCA to 16,
+    for tests and a first check (the data, geometry and optimiser stay the file's)."""
+    c.num_epochs = 1
+    c.model.widths = (8, 16, 16, 16, 16)
+    c.model.fc_dim = 64
+    c.clustering.k = 10
+    c.clustering.pca_dim = 16
+    return c
+
+
 def flat_fields(config: Any, prefix: str = "") -> dict[str, Any]:
     """{dotted path: value} of every leaf of a ConfigDict or of its JSON dict (tuples as lists)."""
     out: dict[str, Any] = {}

@@ -25,6 +25,17 @@ def data_dir(tmp_path_factory) -> str:
     return path
 
 
+def make_config(file: str = "digits", arg: str | None = "smoke", **overrides):
+    """`configs/<file>.py:<arg>` with dotted-path overrides: make_config(**{"clustering.k": 5})."""
+    from dcjax.config_lib import load_config_file
+
+    c = load_config_file(str(ROOT / "configs" / f"{file}.py"), arg)
+    for key, value in overrides.items():
+        section, _, field = key.rpartition(".")
+        (c[section] if section else c)[field] = value
+    return c
+
+
 def shared_file(name: str) -> Path:
     path = SHARED_DATA / name
     if not path.exists():

@@ -22,6 +22,8 @@ def test_reference_configs_validate():
                  "imagenet_vgg16"):
         for arg in (None, "smoke"):
             validate(config(name, arg), num_devices=4)
+    for arg in ("photos", "photos,smoke", "photos,alexnet224"):
+        validate(config("folder", arg), num_devices=4)
 
 
 def test_imagenet_config_is_the_papers_setup():

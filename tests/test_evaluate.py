@@ -8,13 +8,13 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, make_config
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from dcjax.clustering.kmeans import init_centroids
-from dcjax.config_lib import ConfigError, load_config_file
+from dcjax.config_lib import ConfigError
 from dcjax.data.prepare import prepare
 from dcjax.evaluate.knn import knn_predict
 from dcjax.evaluate.linear import Pooling, adaptive_matrix, choose_pooling
@@ -24,14 +24,8 @@ from dcjax.train import train_and_evaluate
 
 
 def digits_smoke(**overrides):
-    c = load_config_file(str(ROOT / "configs" / "digits.py"), "smoke")
-    c.eval.batch_size = 32
-    c.eval.linear_epochs = 1
-    c.eval.knn_k = 5
-    for key, value in overrides.items():
-        section, _, field = key.rpartition(".")
-        (c[section] if section else c)[field] = value
-    return c
+    return make_config(**{"eval.batch_size": 32, "eval.linear_epochs": 1, "eval.knn_k": 5,
+                          **overrides})
 
 
 @pytest.fixture(scope="module")

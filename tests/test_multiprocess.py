@@ -12,9 +12,8 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, make_config
 
-from dcjax.config_lib import load_config_file
 from dcjax.data.datasets import open_split
 from dcjax.evaluate.common import config_from_run, load_network
 from dcjax.evaluate.run import evaluate
@@ -26,10 +25,7 @@ OVERRIDES = {"num_epochs": 2, "reassign": 2}
 
 
 def config():
-    c = load_config_file(str(ROOT / "configs" / "digits.py"), "smoke")
-    for key, value in OVERRIDES.items():
-        c[key] = value
-    return c
+    return make_config(**OVERRIDES)
 
 
 def free_port() -> int:

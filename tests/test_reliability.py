@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, make_config
 from PIL import Image
 from test_train import final_params
 
@@ -38,12 +38,7 @@ CONFIGS = sorted((ROOT / "configs").glob("*.py"))
 
 
 def smoke(**overrides):
-    c = load_config_file(str(ROOT / "configs" / "digits.py"), "smoke")
-    c.log_every_steps = 5
-    for key, value in overrides.items():
-        section, _, field = key.rpartition(".")
-        (c[section] if section else c)[field] = value
-    return c
+    return make_config(**{"log_every_steps": 5, **overrides})
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -13,10 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import ROOT
+from conftest import ROOT, make_config
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from dcjax.config_lib import load_config_file
 from dcjax.features import layout_index
 from dcjax.models import create_model
 from dcjax.step import HEAD, create_train_state, make_train_step, reset_head
@@ -28,13 +27,7 @@ REQUIRED = ("epoch", "loss", "kmeans_objective", "nmi_prev", "nmi_labels", "ari_
 
 
 def tiny(**overrides):
-    c = load_config_file(str(ROOT / "configs" / "digits.py"), "smoke")
-    c.num_epochs = 2
-    c.log_every_steps = 5
-    for key, value in overrides.items():
-        section, _, field = key.rpartition(".")
-        (c[section] if section else c)[field] = value
-    return c
+    return make_config(**{"num_epochs": 2, "log_every_steps": 5, **overrides})
 
 
 def read_metrics(workdir) -> list[dict]:
