@@ -8,6 +8,8 @@ from pathlib import Path
 
 from absl import app, flags
 
+from dcjax.writers import markdown_table
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A run's workdir (holds metrics.jsonl).")
 
@@ -18,12 +20,9 @@ COLUMNS = (("epoch", "d"), ("loss", ".3f"), ("nmi_labels", ".4f"), ("nmi_prev", 
 
 
 def table(records: list[dict]) -> str:
-    lines = ["| " + " | ".join(name for name, _ in COLUMNS) + " |",
-             "|" + "---|" * len(COLUMNS)]
-    for r in records:
-        cells = ["-" if r.get(name) is None else format(r[name], fmt) for name, fmt in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return markdown_table([name for name, _ in COLUMNS],
+                          [["-" if r.get(name) is None else format(r[name], fmt)
+                            for name, fmt in COLUMNS] for r in records])
 
 
 def report(workdir: str | Path) -> str:

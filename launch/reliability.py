@@ -24,6 +24,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from dcjax.writers import markdown_table  # noqa: E402
+
 SMOKE = "--config=configs/digits.py:smoke"
 
 
@@ -233,11 +236,8 @@ def main() -> None:
          show=lambda p: " / ".join(ln.strip() for ln in p.stdout.splitlines()
                                    if "skipped" in ln or ".png" in ln or ".jpg" in ln))
 
-    lines = ["| case | exit | what the user sees | on disk |", "|---|---|---|---|"]
-    for name, code, line, disk, _ in rows:
-        cell = line.replace("|", "\\|")
-        lines.append(f"| {name} | {code} | `{cell}` | {disk} |")
-    table = "\n".join(lines)
+    table = markdown_table(["case", "exit", "what the user sees", "on disk"],
+                           [[name, code, f"`{line}`", disk] for name, code, line, disk, _ in rows])
     print(table)
     if args.out:
         Path(args.out).write_text(table + "\n")

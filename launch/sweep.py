@@ -25,6 +25,9 @@ from pathlib import Path
 
 from absl import app, flags
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dcjax.writers import markdown_table  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "Config file (with ':arg'), as for dcjax.main.")
 flags.DEFINE_string("root", None, "Directory holding one workdir per combination.")
@@ -112,9 +115,8 @@ def write_tables(root: Path, rows: list[dict]) -> tuple[Path, Path]:
     def cell(v):
         return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
-    (root / "sweep.md").write_text("\n".join(lines) + "\n")
+    table = markdown_table(columns, [[cell(r.get(c)) for c in columns] for r in rows])
+    (root / "sweep.md").write_text(table + "\n")
     return root / "sweep.csv", root / "sweep.md"
 
 

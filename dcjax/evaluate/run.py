@@ -18,18 +18,18 @@ def result_name(protocol: str, init: str, features: str, views: str = "augmented
 
 
 def format_result(protocol: str, result: dict) -> str:
+    from dcjax.writers import markdown_table
+
     if protocol == "linear":
-        lines = ["| layer | dim | pooling | top-1 |", "|---|---|---|---|"]
-        lines += [f"| {name} | {r['dim']} | {r['pooling']} | {100 * r['top1']:.2f} |"
-                  for name, r in result["layers"].items()]
-    elif protocol == "knn":
-        lines = [f"| features | kNN top-1 (k={result['k']}, {result['weights']}) |", "|---|---|"]
-        lines += [f"| {name} | {100 * v:.2f} |" for name, v in result["features"].items()]
-    else:
-        lines = ["| features | k | NMI | ARI | accuracy |", "|---|---|---|---|---|",
-                 f"| {result['features']} | {result['k']} | {result['nmi']:.4f} | "
-                 f"{result['ari']:.4f} | {100 * result['accuracy']:.2f} |"]
-    return "\n".join(lines)
+        return markdown_table(["layer", "dim", "pooling", "top-1"],
+                              [[name, r["dim"], r["pooling"], f"{100 * r['top1']:.2f}"]
+                               for name, r in result["layers"].items()])
+    if protocol == "knn":
+        return markdown_table(["features", f"kNN top-1 (k={result['k']}, {result['weights']})"],
+                              [[name, f"{100 * v:.2f}"] for name, v in result["features"].items()])
+    return markdown_table(["features", "k", "NMI", "ARI", "accuracy"],
+                          [[result["features"], result["k"], f"{result['nmi']:.4f}",
+                            f"{result['ari']:.4f}", f"{100 * result['accuracy']:.2f}"]])
 
 
 def evaluate(config, workdir: str, protocol: str, init: str = "trained", features: str = "network",

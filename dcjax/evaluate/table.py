@@ -17,6 +17,7 @@ from pathlib import Path
 from absl import app, flags
 
 from dcjax.evaluate.run import result_name
+from dcjax.writers import markdown_table
 
 # (label, init, features) of each row; its files are named by `result_name`, as evaluate writes them.
 ROWS = (("DeepCluster", "trained", "network"), ("random init", "random", "network"),
@@ -37,7 +38,7 @@ def table(workdir: str | Path, linear_views: str = "augmented") -> str:
             if name not in layers and name != "pixels":
                 layers.append(name)
     header = ["features", *layers, "linear on pixels", "kNN", "kNN (PCA-whitened)", "k-means NMI"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for label, init, features in ROWS:
         lin = _load(workdir, result_name("linear", init, features, linear_views))
         knn, clu = (_load(workdir, result_name(p, init, features)) for p in ("knn", "clustering"))
@@ -51,8 +52,8 @@ def table(workdir: str | Path, linear_views: str = "augmented") -> str:
         cells.append(f"{100 * raw[0]:.2f}" if raw else "-")
         cells.append(f"{100 * white[0]:.2f}" if white else "-")
         cells.append(f"{clu['nmi']:.4f}" if clu else "-")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table(header, rows)
 
 
 def main(argv):
