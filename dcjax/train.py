@@ -17,6 +17,7 @@ import functools
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,49 @@ class Run:
         return pipeline.loader_options(self.config)
 
 
+@dataclasses.dataclass
+class LoopState:
+    """The loop's bookkeeping besides the train state, saved with every checkpoint.
+
+    `epoch` is the epoch in progress and `step_in_epoch` the batches of it done; `assignment` [N]
+    int32 the pseudo-labels it trains on and `indices` [M] the images it samples (None until the
+    epoch has sampled them); `partial` its clustering record and running sums; `history` the records
+    of the finished epochs. Checkpoints hold it as an `arrays` item and a JSON `meta` item.
+    """
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    assignment: np.ndarray | None = None
+    indices: np.ndarray | None = None
+    partial: dict = dataclasses.field(default_factory=dict)
+    history: list[dict] = dataclasses.field(default_factory=list)
+
+    def to_checkpoint(self, epoch_done: bool, num_images: int,
+                      config: ml_collections.ConfigDict) -> tuple[dict, dict]:
+        """(arrays, meta) for Checkpointer.save; an epoch_done checkpoint keeps no epoch state."""
+        meta = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "epoch_done": epoch_done,
+                "partial": {} if epoch_done else {k: v if not isinstance(v, jax.Array) else float(v)
+                                                  for k, v in self.partial.items()},
+                "num_images": num_images, "history": self.history,
+                "config": json.loads(config.to_json_best_effort())}
+        indices = None if epoch_done else self.indices
+        arrays = {"assignment": self.assignment.astype(np.int32),
+                  # Orbax stores no empty array: a -1 placeholder between epochs.
+                  "indices": (np.full(1, -1) if indices is None else indices).astype(np.int32)}
+        return arrays, meta
+
+    @classmethod
+    def from_checkpoint(cls, arrays: dict, meta: dict) -> LoopState:
+        """The state to go on from: the next epoch after an epoch_done checkpoint, else the same
+        epoch at the saved batch."""
+        if meta["epoch_done"]:
+            return cls(epoch=meta["epoch"] + 1, assignment=arrays["assignment"],
+                       history=meta["history"])
+        return cls(epoch=meta["epoch"], step_in_epoch=meta["step_in_epoch"],
+                   assignment=arrays["assignment"], indices=arrays["indices"],
+                   partial=meta["partial"], history=meta["history"])
+
+
 # ======================================================================== the method's steps
 
 
@@ -203,55 +247,44 @@ def label_metrics(labels: np.ndarray, assignment: np.ndarray, info: DatasetInfo)
             "acc_labels": metrics.clustering_accuracy(labels, assignment)}
 
 
-def train_epoch(run: Run, state: TrainState, epoch: int, indices: np.ndarray,
-                assignment: np.ndarray, partial: dict, start_step: int, save,
-                writer: MetricWriter) -> TrainState:
-    """One epoch of SGD on the pseudo-labels of `indices`, from batch `start_step`.
+def train_epoch(run: Run, state: TrainState, loop: LoopState, writer: MetricWriter,
+                after_batch: Callable[[TrainState, int, int, int], None]) -> TrainState:
+    """One epoch of SGD on the pseudo-labels `loop.assignment` of the images `loop.indices`, from
+    batch `loop.step_in_epoch`; `loop.partial` keeps the epoch's running loss, accuracy and time.
 
-    Checkpoints every `checkpoint_every_steps` global steps. On a signal it checkpoints and raises
-    Interrupted (at the epoch's last batch it returns, and the loop's end-of-epoch checkpoint comes
-    first). A non-finite loss raises Diverged, and no checkpoint is ever written from a state whose
-    loss or parameters are not finite. `partial` carries the epoch's running sums across a resume.
+    `after_batch(state, done, steps, global_step)` runs after every batch but the last: the loop's
+    checkpoint and stop decisions. A non-finite loss raises Diverged.
     """
-    c = run.config
-    steps = len(indices) // c.batch_size
-    batches = pipeline.train_batches(run.source, indices, pipeline.view_config(c), c.batch_size,
-                                     seed=_mix(c.seed, epoch), start_batch=start_step,
-                                     **run.loader_options())
+    c, epoch, p = run.config, loop.epoch, loop.partial
+    steps = len(loop.indices) // c.batch_size
+    batches = pipeline.train_batches(run.source, loop.indices, pipeline.view_config(c),
+                                     c.batch_size, seed=_mix(c.seed, epoch),
+                                     start_batch=loop.step_in_epoch, **run.loader_options())
     key = run.train_key
-    loss_sum, acc_sum = float(partial.get("loss_sum", 0.0)), float(partial.get("acc_sum", 0.0))
+    p["loss_sum"], p["acc_sum"] = float(p.get("loss_sum", 0.0)), float(p.get("acc_sum", 0.0))
+    time_before, t0 = p.get("time_train", 0.0), time.time()
     global_step = int(state.step)
-    t0 = time.time()
-
-    def checkpoint(done: int) -> None:
-        nonlocal t0
-        check_finite(state, loss_sum, epoch, done)
-        partial.update(loss_sum=float(loss_sum), acc_sum=float(acc_sum),
-                       time_train=partial.get("time_train", 0.0) + time.time() - t0)
-        t0 = time.time()
-        save(state, epoch, done, False, partial)
-
-    for s, batch in enumerate(progress(batches, total=steps - start_step, desc=f"epoch {epoch}"),
-                              start=start_step):
+    for s, batch in enumerate(progress(batches, total=steps - loop.step_in_epoch,
+                                       desc=f"epoch {epoch}"), start=loop.step_in_epoch):
         faults.point("train_batch")
         images = run.global_array(batch["image"])
-        labels = run.global_array(assignment[batch["index"]].astype(np.int32))
+        labels = run.global_array(loop.assignment[batch["index"]].astype(np.int32))
         state, m = run.train_step(state, images, labels, key)
-        loss_sum, acc_sum = loss_sum + m["loss"], acc_sum + m["accuracy"]
+        # Device scalars: summing them does not wait for the step.
+        p["loss_sum"], p["acc_sum"] = p["loss_sum"] + m["loss"], p["acc_sum"] + m["accuracy"]
         done, global_step = s + 1, global_step + 1
         if done % c.log_every_steps == 0 or done == steps:
             loss = float(m["loss"])
             if not math.isfinite(loss):
                 raise Diverged(f"loss is {loss} at epoch {epoch}, batch {done}")
             writer.write_scalars(global_step, {"train/loss": loss})
-        if done < steps and run.stop.agreed(done, steps, c.log_every_steps):
-            checkpoint(done)
-            raise Interrupted(run.stop.signum, f"training (epoch {epoch}, batch {done})")
-        if c.checkpoint_every_steps and global_step % c.checkpoint_every_steps == 0 and done < steps:
-            checkpoint(done)
-    check_finite(state, loss_sum, epoch, steps)
-    partial.update(loss_sum=float(loss_sum), acc_sum=float(acc_sum), steps=steps,
-                   time_train=partial.get("time_train", 0.0) + time.time() - t0)
+        p["time_train"] = time_before + time.time() - t0
+        loop.step_in_epoch = done
+        if done < steps:
+            after_batch(state, done, steps, global_step)
+    p["loss_sum"], p["acc_sum"], p["steps"] = float(p["loss_sum"]), float(p["acc_sum"]), steps
+    p["time_train"] = time_before + time.time() - t0
+    check_finite(state, p["loss_sum"], epoch, steps)
     return state
 
 
@@ -391,9 +424,7 @@ def _train(run: Run, changes: list[tuple]) -> dict:
     c, lead = run.config, jax.process_index() == 0
     state = initial_state(run)
     ckpt = Checkpointer(run.workdir / "checkpoints", keep=c.keep_checkpoints)
-    history: list[dict] = []
-    assignment, indices, partial = None, None, {}
-    start_epoch, start_step = 0, 0
+    loop = LoopState()
     try:
         restored = ckpt.restore_latest(abstract_like(state))
     except Exception:
@@ -409,65 +440,66 @@ def _train(run: Run, changes: list[tuple]) -> dict:
                             f"{run.num_images} images now but had {before} when the checkpoints in "
                             f"{ckpt.directory} were written; restore that dataset or use a new "
                             f"--workdir")
-        history = meta["history"]
-        assignment = arrays["assignment"]
-        if meta["epoch_done"]:
-            start_epoch = meta["epoch"] + 1
-        else:
-            start_epoch, start_step = meta["epoch"], meta["step_in_epoch"]
-            indices, partial = arrays["indices"], meta["partial"]
+        loop = LoopState.from_checkpoint(arrays, meta)
         kept = describe_checkpoint(meta, step)
-        print(f"resuming from epoch {start_epoch}, batch {start_step} ({ckpt.directory})")
+        print(f"resuming from epoch {loop.epoch}, batch {loop.step_in_epoch} ({ckpt.directory})")
     if lead:
         (run.workdir / "config.json").write_text(c.to_json_best_effort(indent=1))
         if changes:
             print("resuming with changed settings: " + ", ".join(
                 f"{field} {old!r} -> {new!r}" for field, old, new in changes))
             with open(run.workdir / "config_changes.jsonl", "a") as f:
-                f.write(json.dumps({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "epoch": start_epoch,
+                f.write(json.dumps({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "epoch": loop.epoch,
                                     "changes": [list(x) for x in changes]}) + "\n")
     writer = MetricWriter(run.workdir, enabled=lead)
-    writer.reset(history)
+    writer.reset(loop.history)
 
-    def save(state, epoch, step_in_epoch, epoch_done, partial_record):
+    def save(state: TrainState, epoch_done: bool) -> None:
+        """A checkpoint of `state` and `loop`, never of a diverged state."""
         nonlocal kept
-        meta = {"epoch": epoch, "step_in_epoch": step_in_epoch, "epoch_done": epoch_done,
-                "partial": partial_record, "num_images": run.num_images,
-                "history": history, "config": json.loads(c.to_json_best_effort())}
-        arrays = {"assignment": assignment.astype(np.int32),
-                  # Orbax stores no empty array: a -1 placeholder between epochs.
-                  "indices": (np.full(1, -1) if indices is None else indices).astype(np.int32)}
+        check_finite(state, loop.partial.get("loss_sum", 0.0) if not epoch_done else 0.0,
+                     loop.epoch, loop.step_in_epoch)
+        arrays, meta = loop.to_checkpoint(epoch_done, run.num_images, c)
         faults.point("checkpoint_save")
         ckpt.save(int(state.step), state, arrays, meta)
         kept = describe_checkpoint(meta, int(state.step))
 
+    def after_batch(state: TrainState, done: int, steps: int, global_step: int) -> None:
+        # Checkpoint timing: on a signal (all processes agree on the batch), and every
+        # checkpoint_every_steps global steps. At the epoch's last batch the loop's end-of-epoch
+        # checkpoint comes first.
+        if run.stop.agreed(done, steps, c.log_every_steps):
+            save(state, False)
+            raise Interrupted(run.stop.signum, f"training (epoch {loop.epoch}, batch {done})")
+        if c.checkpoint_every_steps and global_step % c.checkpoint_every_steps == 0:
+            save(state, False)
+
     try:
-        for epoch in range(start_epoch, c.num_epochs):
-            if indices is None:  # a fresh epoch: (re-)cluster, sample, reset the head
-                partial = {"epoch": epoch}
-                if assignment is None or epoch % c.reassign == 0:
-                    clustering, record = cluster(run, state, epoch, assignment)
-                    assignment = clustering.assignment
-                    partial.update(record)
+        for epoch in range(loop.epoch, c.num_epochs):
+            loop.epoch = epoch
+            if loop.indices is None:  # a fresh epoch: (re-)cluster, sample, reset the head
+                loop.partial, loop.step_in_epoch = {"epoch": epoch}, 0
+                if loop.assignment is None or epoch % c.reassign == 0:
+                    clustering, record = cluster(run, state, epoch, loop.assignment)
+                    loop.assignment = clustering.assignment
+                    loop.partial.update(record)
                     if lead and clustering.distance is not None:
-                        write_cluster_grid(run, assignment, clustering.distance, epoch)
+                        write_cluster_grid(run, loop.assignment, clustering.distance, epoch)
                     del clustering
                     state = run.reset_head(state, epoch)
                 rng = np.random.default_rng([c.seed, epoch])
-                indices = sample_epoch(c.clustering.sampler, assignment, run.num_images, rng)
-                start_step = 0
-            state = train_epoch(run, state, epoch, indices, assignment, partial, start_step,
-                                save, writer)
-            record = epoch_record(partial, c.batch_size)
+                loop.indices = sample_epoch(c.clustering.sampler, loop.assignment, run.num_images,
+                                            rng)
+            state = train_epoch(run, state, loop, writer, after_batch)
+            record = epoch_record(loop.partial, c.batch_size)
             if c.eval_every_epochs and (epoch + 1) % c.eval_every_epochs == 0:
                 record.update(periodic_knn(run, state))
-            history.append(record)
-            indices = None
-            check_finite(state, 0.0, epoch, partial["steps"])
-            save(state, epoch, partial["steps"], True, {})
+            loop.history.append(record)
+            save(state, True)
+            loop.indices = None
             writer.write_epoch(record)
             if lead:
-                write_epoch_plots(run.workdir, history, assignment, c.clustering.k)
+                write_epoch_plots(run.workdir, loop.history, loop.assignment, c.clustering.k)
                 if visualize(c, epoch + 1):
                     plot_filters(jax.device_get(state.params["conv1"]["kernel"]),
                                  run.workdir / "plots" / "conv1_filters.png",
@@ -475,7 +507,7 @@ def _train(run: Run, changes: list[tuple]) -> dict:
                 print(format_record(record))
             if run.stop.agreed(1, 1):  # a signal during the epoch's last batch or its evaluation
                 raise Interrupted(run.stop.signum, f"the end of epoch {epoch}")
-        final = finish(run, state, history, assignment)
+        final = finish(run, state, loop.history, loop.assignment)
     except Interrupted as e:
         raise e.with_kept(kept) from None
     except Diverged as e:
