@@ -12,14 +12,18 @@ Defaults, for a few thousand to a few million photos:
   * k = 0: one cluster per 100 images, at least 10 and at most 10,000 (config_lib.auto_k; the
     paper's 10,000 for ImageNet's 1.28M images);
   * the small AlexNet with Sobel at 64 px (centre view: shorter side 73, the reference's 224/256
-    ratio), narrowed so that a 2-core CPU trains about 500 images a second; crops of 20-100% of the
-    image, horizontal flips;
+    ratio), narrowed for a CPU (about 270 training images a second on 2 cores); crops of 20-100% of
+    the image, horizontal flips;
   * 30 epochs, batch 128, the reference optimiser (SGD lr 0.05, momentum 0.9);
   * a 'validation' split (`prepare --holdout=0.1`) is used by `python -m dcjax.evaluate` when the
     images are labelled; training needs neither labels nor a held-out split.
 
-Measured on the 2-core development CPU: see docs/own_images.md (the Imagenette training images as
-a folder of photos).
+Measured on the 2-core development CPU (docs/own_images.md): the 9,469 Imagenette training images
+as a folder of photos (`prepare --layout=class`, so that NMI against the 10 classes can be
+reported; labels never reach training), k = 94: 30 epochs in 23 min 21 s wall on a machine shared
+with test runs. NMI of each epoch's clustering against the classes rose from 0.070 (epoch 0, the
+random initialisation) to 0.150 (epoch 29); the trained network's clustering scores 0.148, against
+0.119 for k-means on the raw pixels (same k).
 """
 
 import os
