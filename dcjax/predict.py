@@ -72,6 +72,7 @@ def readable(images: list[tuple[str, Path]]) -> tuple[list[tuple[str, Path]], li
 def predict(workdir: str, source: str, out: str, features: str | None = None,
             export: str | None = None) -> tuple[int, list[tuple[str, str]]]:
     """Writes `out` (and `features`); returns the number of images predicted and the skipped ones."""
+    from dcjax.checkpoint import Checkpointer
     from dcjax.data import pipeline
     from dcjax.evaluate.common import config_from_run, load_network
     from dcjax.export import load_clustering
@@ -89,7 +90,17 @@ def predict(workdir: str, source: str, out: str, features: str | None = None,
     if not images:
         raise DataError(f"--source={source}: no readable image ({len(skipped)} unreadable)")
     mesh = default_mesh()
-    net = load_network(config, workdir, "trained", saved["checkpoint_step"], mesh)
+    step = saved["checkpoint_step"]
+    ckpt = Checkpointer(Path(workdir) / "checkpoints")
+    try:
+        present = ckpt.steps()
+    finally:
+        ckpt.close()
+    if step not in present:
+        raise DataError(f"the export was made from checkpoint {step}, which {workdir}/checkpoints no "
+                        f"longer holds (it has {present}): re-export with `python -m dcjax.export "
+                        f"--workdir={workdir}`")
+    net = load_network(config, workdir, "trained", step, mesh)
     fc7 = extract(jax.jit(make_feature_fn(net.model, "fc7")), net.variables,
                   FileSource([p for _, p in images]), pipeline.view_config(config),
                   config.batch_size, config.model.fc_dim, mesh, pipeline.loader_options(config),
