@@ -10,6 +10,12 @@ Across processes a signal (SLURM's or a TPU VM's preemption notice) reaches each
 moment, and what follows is collective (the checkpoint, or leaving a collective loop), so they agree
 first: every `every` polls and at a phase's last one each process shares its flag, and all stop if
 any got one, at the same place.
+
+JAX's own `multihost_utils.reached_preemption_sync_point(step)` was checked and does not fit: it
+needs `jax_enable_preemption_service`, a call at every training step from the same starting step,
+knows only the scheduler's SIGTERM (not a user's SIGINT) and returns False without a distributed
+client, so extraction, PCA, k-means and one-process runs would still need this agreement; the
+allgather here costs one tiny collective every `log_every_steps` batches.
 """
 
 from __future__ import annotations
