@@ -37,7 +37,7 @@ def test_imagenet_config_is_the_papers_setup():
 
 @pytest.mark.parametrize("field,value,message", [
     ("model.name", "resnet", "config.model.name='resnet' is not a known architecture"),
-    ("clustering.k", 0, "config.clustering.k=0 must be an integer >= 1"),
+    ("clustering.k", -1, "config.clustering.k=-1 must be an integer >= 2, or 0 for auto_k"),
     ("clustering.backend", "cuml", "config.clustering.backend='cuml'"),
     ("clustering.sampler", "balanced", "config.clustering.sampler='balanced'"),
     ("clustering.precision", "fp8", "config.clustering.precision='fp8' must be one of"),
@@ -97,3 +97,17 @@ def test_cli_bad_config_is_one_line_exit_2(override, message, tmp_path):
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert lines[-1].startswith(message)
     assert "Traceback" not in result.stderr
+
+
+def test_k_zero_is_resolved_from_the_data_and_no_eval_split_is_needed():
+    from dcjax.config_lib import resolve_auto
+
+    c = digits()
+    c.clustering.k = 0
+    validate(c, num_devices=4)
+    resolve_auto(c, {"train": 1438})
+    assert c.clustering.k == 14  # auto_k: one cluster per 100 images, at least 10
+    validate_against_data(c, {"train": 1438})  # eval_split 'test' absent: training needs none
+    c.data.train_split = "unlabeled"
+    with pytest.raises(ConfigError, match="train_split='unlabeled' is not a split"):
+        validate_against_data(c, {"train": 1438})
