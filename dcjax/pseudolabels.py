@@ -89,6 +89,9 @@ def cluster_network(config: ml_collections.ConfigDict, feature_fn: Callable, var
     reduced, pca = pca_whiten(f.rows, c.clustering.pca_dim, chunk_size=c.clustering.chunk_size,
                               mesh=mesh, valid=f.valid)
     jax.block_until_ready(reduced)
+    fc7, f.rows = f.rows, None
+    if not keep_features:
+        del fc7  # k-means runs without the fc7 buffer, as in every epoch (docs/scaling.md)
     if after_pca is not None:
         after_pca()
     t2 = time.time()
@@ -110,6 +113,7 @@ def cluster_network(config: ml_collections.ConfigDict, feature_fn: Callable, var
         out.nearest = _dataset_order(best.astype(np.int32), f.image, f.valid, n)
         out.distance = np.sqrt(np.maximum(_dataset_order(dist, f.image, f.valid, n), 0.0))
     if keep_features:
+        f.rows = fc7
         out.features, out.reduced = f, reduced
     return out
 
