@@ -351,3 +351,23 @@ def test_labels_never_change_training(unlabeled_run, tmp_path):
         features[name] = np.load(tmp_path / f"run_{name}" / "export" / "features_fc7.npy")
         assert (final["final_nmi_labels"] is None) == (name == "unlab")
     np.testing.assert_array_equal(features["lab"], features["unlab"])
+
+
+def test_export_predict_gallery_bad_input_is_one_line_exit_2(tmp_path):
+    """A workdir without a run, a run without an export: one `error:` line, exit 2, nothing written."""
+    from conftest import make_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(make_config().to_json_best_effort())
+    cases = [("dcjax.export", f"--workdir={tmp_path / 'nothing'}", "config.json does not exist"),
+             ("dcjax.predict", f"--workdir={run}", "clustering.npz does not exist"),
+             ("dcjax.gallery", f"--workdir={run}", "assignments.csv does not exist")]
+    for module, workdir, message in cases:
+        extra = [f"--source={tmp_path}", f"--out={tmp_path / 'p.csv'}"] if module == "dcjax.predict" else []
+        result = subprocess.run([sys.executable, "-m", module, workdir, *extra], cwd=ROOT,
+                                capture_output=True, text=True)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["config.json", "run"]
