@@ -34,7 +34,7 @@ def report(workdir: str | Path) -> str:
     summary = Path(workdir) / "summary.json"
     if summary.exists():
         s = json.loads(summary.read_text())
-        extra = {k: v for k, v in s.items() if k.startswith(("final_", "pixel_"))}
+        extra = {k: v for k, v in s.items() if k.startswith(("final_", "pixel_", "random_init_"))}
         if extra:
             out.append("\n" + ", ".join(f"{k} = {'-' if v is None else format(v, '.4f')}"
                                         for k, v in extra.items()))

@@ -520,7 +520,8 @@ def _train(run: Run, changes: list[tuple]) -> dict:
 
 
 def finish(run: Run, state: TrainState, history: list[dict], assignment: np.ndarray) -> dict:
-    """The clustering of the trained network, the pixel baseline, summary.json."""
+    """The clustering of the trained network (written per image to RUN/export), the random-init and
+    pixel baselines, summary.json."""
     c, lead = run.config, jax.process_index() == 0
     final = dict(history[-1]) if history else {}
     if history:
@@ -537,10 +538,15 @@ def finish(run: Run, state: TrainState, history: list[dict], assignment: np.ndar
         del clustering
         if lead:
             print(f"per-image clusters and features written to {folder}")
+        if history[0]["epoch"] == 0 and history[0].get("nmi_labels") is not None:
+            # Epoch 0 clustered the network at its initialisation: same images, same k.
+            final["random_init_nmi_labels"] = history[0]["nmi_labels"]
     if c.get("pixel_baseline", False) and lead and final.get("final_nmi_labels") is not None:
         final["pixel_kmeans_nmi_labels"] = pixel_baseline(run)
+        init = final.get("random_init_nmi_labels")
         print(f"final nmi_labels (k-means, k={c.clustering.k}): DeepCluster features "
-              f"{final['final_nmi_labels']:.4f}, raw pixels {final['pixel_kmeans_nmi_labels']:.4f}")
+              f"{final['final_nmi_labels']:.4f}, raw pixels {final['pixel_kmeans_nmi_labels']:.4f}"
+              + (f", random init {init:.4f}" if init is not None else ""))
     if lead:
         (run.workdir / "summary.json").write_text(json.dumps(final, indent=1))
     return final
