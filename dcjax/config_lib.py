@@ -48,6 +48,12 @@ RESUMABLE = (
     "eval.linear_momentum", "eval.linear_weight_decay", "eval.linear_normalize", "eval.crop_scale",
     "eval.linear_views", "eval.probe_dim", "eval.pixel_pca_dim", "eval.knn_k", "eval.knn_weights",
 )
+RESUMABLE_PREFIXES = ("evals.",)  # the evaluators, whatever their names
+
+
+def is_resumable(field: str) -> bool:
+    """Whether `field` (a dotted path) may change on a resumed run."""
+    return field in RESUMABLE or field.startswith(RESUMABLE_PREFIXES)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -102,7 +108,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.head_weight_decay = 1e-5
 
     # Evaluation (python -m dcjax.evaluate; docs/design.md section 2, "Linear probe protocol").
-    c.eval_every_epochs = 0  # > 0: kNN top-1 on eval_split every this many epochs, in metrics.jsonl
+    c.eval_every_epochs = 0  # > 0: run config.evals on eval_split every this many epochs
+    # The evaluators (dcjax/evaluate/evaluators.py): name -> type ('knn', 'linear', 'clustering'),
+    # every_epochs (during training; 0: every eval_every_epochs) and features ('network' or
+    # 'pixels'); their values go to metrics.jsonl as <name>_<value>. Add more in a config file:
+    # c.evals.clustering = dict(type="clustering", every_epochs=5, features="network").
+    c.evals = ml_collections.ConfigDict(
+        {"knn": {"type": "knn", "every_epochs": 0, "features": "network"}})
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 256  # global
     c.eval.linear_epochs = 10
@@ -160,7 +172,7 @@ def resume_changes(saved: dict, requested: ml_collections.ConfigDict) -> tuple[l
         a = old.get(field, default.get(field))
         b = new.get(field, default.get(field))
         if a != b:
-            (frozen if field not in RESUMABLE else resumable).append((field, a, b))
+            (resumable if is_resumable(field) else frozen).append((field, a, b))
     return frozen, resumable
 
 

@@ -41,6 +41,8 @@ from dcjax.config_lib import (
 from dcjax.data import pipeline
 from dcjax.data.datasets import DataError, DatasetInfo, open_split
 from dcjax.data.prepare import ensure_embedded
+from dcjax.evaluate import evaluators
+from dcjax.evaluate.common import Network, Splits
 from dcjax.export import read_ids, write_export
 from dcjax.features import progress, write_rows_fn
 from dcjax.models import from_config
@@ -74,7 +76,8 @@ class Run:
     train_step: Any
     feature_fn: Any
     write_rows: Any
-    eval_source: Any = None  # the held-out split, when kNN runs during training
+    eval_source: Any = None  # the held-out split, when evaluators run during training
+    evaluators: dict = dataclasses.field(default_factory=dict)  # name -> periodic Evaluator
     stop: StopSignal = dataclasses.field(default_factory=StopSignal)
 
     @property
@@ -325,15 +328,17 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     train_step = jax.jit(make_train_step(model, config), donate_argnums=0)
     feature_fn = jax.jit(make_feature_fn(model, "fc7"))
     eval_source = None
-    if config.eval_every_epochs:
+    periodic = {name: e for name, e in evaluators.from_config(config).items() if e.period()}
+    if periodic:
         if not config.data.eval_split or info.num_classes < 2:
-            raise ConfigError(f"config.eval_every_epochs={config.eval_every_epochs} needs a "
-                              f"labelled config.data.eval_split of {config.data.name!r}")
+            raise ConfigError(f"evaluating during training ({', '.join(periodic)} every "
+                              f"{[e.period() for e in periodic.values()]} epochs) needs a labelled "
+                              f"config.data.eval_split of {config.data.name!r}")
         eval_source, _ = open_split(config.data.name, config.data.eval_split,
                                     config.data.data_dir or None)
     return Run(config=config, workdir=Path(workdir), mesh=mesh, source=source, info=info,
                model=model, train_step=train_step, feature_fn=feature_fn,
-               write_rows=write_rows_fn(mesh), eval_source=eval_source)
+               write_rows=write_rows_fn(mesh), eval_source=eval_source, evaluators=periodic)
 
 
 def initial_state(run: Run) -> TrainState:
@@ -492,8 +497,7 @@ def _train(run: Run, changes: list[tuple]) -> dict:
                                             rng)
             state = train_epoch(run, state, loop, writer, after_batch)
             record = epoch_record(loop.partial, c.batch_size)
-            if c.eval_every_epochs and (epoch + 1) % c.eval_every_epochs == 0:
-                record.update(periodic_knn(run, state))
+            record.update(periodic_evaluation(run, state, epoch))
             loop.history.append(record)
             save(state, True)
             loop.indices = None
@@ -552,22 +556,24 @@ def finish(run: Run, state: TrainState, history: list[dict], assignment: np.ndar
     return final
 
 
-def periodic_knn(run: Run, state: TrainState) -> dict:
-    """kNN top-1 of the held-out split against the training split (fc7, and PCA-whitened fc7)."""
-    from dcjax.evaluate.protocols import fc7_features, knn_scores
-
-    t0 = time.time()
-    variables = (state.params, state.batch_stats)
+def periodic_evaluation(run: Run, state: TrainState, epoch: int) -> dict:
+    """The evaluators due after `epoch` (config.evals, every `period()` epochs) on the held-out
+    split: `<name>_<value>` and `time_<name>` for the epoch record."""
+    out: dict = {}
+    due = {name: e for name, e in run.evaluators.items() if (epoch + 1) % e.period() == 0}
+    if not due:
+        return out
+    net = Network(run.model, state.params, state.batch_stats, None)
+    splits = Splits(run.source, run.eval_source, run.info)
     every = run.config.log_every_steps
-    poll = lambda done, total: run.stop.check("kNN evaluation", done, total, every)
-    bank = fc7_features(run.config, run.feature_fn, variables, run.source, run.mesh, "kNN bank",
-                        on_batch=poll)
-    test = fc7_features(run.config, run.feature_fn, variables, run.eval_source, run.mesh,
-                        "kNN queries", on_batch=poll)
-    scores = knn_scores(run.config, bank.rows, bank.row_labels, bank.valid, test.to_numpy(),
-                        test.labels, run.info.num_classes, run.mesh)
-    return {"knn_top1": scores["raw"], "knn_top1_pca_whitened": scores["pca_whitened"],
-            "time_knn": time.time() - t0}
+    for name, evaluator in due.items():
+        t0 = time.time()
+        poll = lambda done, total, name=name: run.stop.check(f"the {name} evaluation", done, total,
+                                                             every)
+        result = evaluator.run(net, splits, run.mesh, on_batch=poll, feature_fn=run.feature_fn)
+        out.update({f"{name}_{key}": value for key, value in evaluator.values(result).items()})
+        out[f"time_{name}"] = time.time() - t0
+    return out
 
 
 def epoch_record(partial: dict, batch_size: int) -> dict:

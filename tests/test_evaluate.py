@@ -31,15 +31,40 @@ def digits_smoke(**overrides):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
-    train_and_evaluate(digits_smoke(num_epochs=1, pixel_baseline=False, eval_every_epochs=1),
-                       str(workdir))
+    c = digits_smoke(num_epochs=1, pixel_baseline=False, eval_every_epochs=1)
+    with c.unlocked():  # a second evaluator, as a config file would add it
+        c.evals.pixel_clusters = dict(type="clustering", every_epochs=1, features="pixels")
+    train_and_evaluate(c, str(workdir))
     return workdir
 
 
 @pytest.mark.slow
-def test_knn_logged_during_training(trained_run):
+def test_evaluators_logged_during_training(trained_run):
     record = json.loads((trained_run / "metrics.jsonl").read_text().splitlines()[0])
     assert 0.1 < record["knn_top1"] <= 1.0 and 0.1 < record["knn_top1_pca_whitened"] <= 1.0
+    # The same evaluator on demand gives the same values as during training.
+    c = digits_smoke()
+    pixels = evaluate(c, str(trained_run), "clustering", features="pixels")
+    for key in ("nmi", "ari", "accuracy"):
+        assert record[f"pixel_clusters_{key}"] == pytest.approx(pixels[key], abs=1e-9)
+    assert record["time_knn"] > 0 and record["time_pixel_clusters"] > 0
+
+
+def test_evaluators_are_built_from_config():
+    from dcjax.evaluate.evaluators import TYPES, from_config
+
+    c = digits_smoke()
+    built = from_config(c)
+    assert list(built) == ["knn"] and built["knn"].period() == 0
+    c.eval_every_epochs = 3
+    assert built["knn"].period() == 3
+    with c.unlocked():
+        c.evals.probe = dict(type="linear", every_epochs=2, features="network")
+        c.evals.bad = dict(type="svm")
+    with pytest.raises(ConfigError, match="evaluator type 'svm' must be one of"):
+        from_config(c)
+    del c.evals["bad"]
+    assert from_config(c)["probe"].period() == 2 and set(TYPES) == {"linear", "knn", "clustering"}
 
 
 # ------------------------------------------------------------------ kNN and clustering vs sklearn

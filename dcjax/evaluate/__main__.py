@@ -19,13 +19,13 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from dcjax import cli, distributed  # noqa: E402
-from dcjax.evaluate.run import PROTOCOLS  # noqa: E402
+from dcjax.evaluate.evaluators import TYPES  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file; default: the run's own "
                                 "config (RUN/config.json).", lock_config=True)
 flags.DEFINE_string("workdir", None, "The run's directory (checkpoints/, config.json).")
-flags.DEFINE_enum("protocol", None, PROTOCOLS, "What to measure.")
+flags.DEFINE_enum("protocol", None, list(TYPES), "What to measure (an evaluator type).")
 flags.DEFINE_enum("init", "trained", ["trained", "random"], "The run's checkpoint, or the same "
                   "architecture at its initialisation (the paper's 'random' row).")
 flags.DEFINE_enum("features", "network", ["network", "pixels"], "Network features or raw pixels.")

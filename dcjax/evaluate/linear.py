@@ -209,8 +209,10 @@ def conv_shapes(net: Network, image_size: int) -> list[tuple[int, ...]]:
 
 
 def linear_probe(config: ml_collections.ConfigDict, net: Network, splits: Splits, mesh: Mesh,
-                 log: Callable[[str], None] = print) -> dict:
-    """Trains and tests one linear probe per conv layer; returns the result record."""
+                 log: Callable[[str], None] = print,
+                 on_batch: Callable[[int, int], None] | None = None) -> dict:
+    """Trains and tests one linear probe per conv layer; returns the result record.
+    `on_batch(done, total)` runs after every training batch (it may raise to stop)."""
     e, d = config.eval, config.data
     t0 = time.time()
     poolings = choose_pooling(config.model.name, d.image_size, conv_shapes(net, d.image_size),
@@ -228,8 +230,9 @@ def linear_probe(config: ml_collections.ConfigDict, net: Network, splits: Splits
     opt_state = jax.jit(tx.init, out_shardings=replicated)(probes)
     augmented = e.linear_views in ("augmented", "translate")
     run = _augmented_views if augmented else _center_views
+    poll = _counted(on_batch, steps * e.linear_epochs)
     correct, history, extra = run(config, net, splits, mesh, poolings, names, tx, steps,
-                                  (probes, opt_state, stats), log)
+                                  (probes, opt_state, stats), log, poll)
     m = len(splits.test)
     layers = {name: {"top1": correct[name] / m, "dim": p.dim, "pooling": p.describe(),
                      "final_train_loss": history[-1][name] if history else None}
@@ -241,6 +244,19 @@ def linear_probe(config: ml_collections.ConfigDict, net: Network, splits: Splits
             "crop_scale": list(e.crop_scale) if e.linear_views == "augmented" else None,
             "flip": bool(d.flip) if augmented else None,
             "train_images": n, "test_images": m, **extra, "seconds": time.time() - t0}
+
+
+def _counted(on_batch: Callable[[int, int], None] | None, total: int) -> Callable[[], None]:
+    """A no-argument poll that calls on_batch(done, total) with a running count."""
+    done = 0
+
+    def poll() -> None:
+        nonlocal done
+        done += 1
+        if on_batch is not None:
+            on_batch(done, total)
+
+    return poll
 
 
 def _add_losses(sums: dict, losses: dict) -> dict:
@@ -258,7 +274,7 @@ def _log_epoch(log: Callable[[str], None], epoch: int, sums: dict, steps: int) -
     return mean
 
 
-def _augmented_views(config, net, splits, mesh, poolings, names, tx, steps, state, log):
+def _augmented_views(config, net, splits, mesh, poolings, names, tx, steps, state, log, poll):
     """The paper's probe: every step a forward pass of a new crop + flip view of each image."""
     e = config.eval
     probes, opt_state, stats = state
@@ -280,6 +296,7 @@ def _augmented_views(config, net, splits, mesh, poolings, names, tx, steps, stat
             probes, opt_state, stats, losses = train_step(probes, opt_state, stats, net.variables,
                                                           images, labels)
             sums = _add_losses(sums, losses)
+            poll()
         history.append(_log_epoch(log, epoch, sums, steps))
     correct = {name: 0 for name in names}
     for b in progress(pipeline.ordered_batches(splits.test, pipeline.view_config(config), batch,
@@ -295,7 +312,7 @@ def _augmented_views(config, net, splits, mesh, poolings, names, tx, steps, stat
 CACHE_DTYPE = jnp.float16
 
 
-def _center_views(config, net, splits, mesh, poolings, names, tx, steps, state, log):
+def _center_views(config, net, splits, mesh, poolings, names, tx, steps, state, log, poll):
     """The fast variant: each split's centre-view pooled features computed once (one forward pass),
     kept row-sharded on the devices as float16 (all layers side by side), and the classifiers
     trained on shuffled batches of those rows."""
@@ -343,6 +360,7 @@ def _center_views(config, net, splits, mesh, poolings, names, tx, steps, state, 
             x, y, _ = take(train.rows, train_labels, put(idx, replicated))
             probes, opt_state, stats, losses = train_step(probes, opt_state, stats, (), x, y)
             sums = _add_losses(sums, losses)
+            poll()
         history.append(_log_epoch(log, epoch, sums, steps))
     test, test_labels = cached["test"]
     correct = {name: 0 for name in names}

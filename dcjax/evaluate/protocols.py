@@ -52,9 +52,11 @@ def knn_scores(config: ml_collections.ConfigDict, bank, bank_labels: np.ndarray,
 
 
 def knn_protocol(config: ml_collections.ConfigDict, net: Network | None, splits: Splits,
-                 mesh: Mesh, feature_fn: Callable | None = None) -> dict:
+                 mesh: Mesh, feature_fn: Callable | None = None,
+                 on_batch: Callable[[int, int], None] | None = None) -> dict:
     """Weighted kNN (cosine, k = config.eval.knn_k) of held-out images against the training split,
-    on fc7 and on PCA-whitened fc7 (or on raw pixels when `net` is None)."""
+    on fc7 and on PCA-whitened fc7 (or on raw pixels when `net` is None). `on_batch(done, total)`
+    runs after each extraction batch (it may raise to stop)."""
     t0 = time.time()
     C = splits.info.num_classes
     if net is None:
@@ -64,8 +66,10 @@ def knn_protocol(config: ml_collections.ConfigDict, net: Network | None, splits:
         name = "pixels"
     else:
         feature_fn = feature_fn or jax.jit(make_feature_fn(net.model, "fc7"))
-        bank = fc7_features(config, feature_fn, net.variables, splits.train, mesh, "bank")
-        test = fc7_features(config, feature_fn, net.variables, splits.test, mesh, "queries")
+        bank = fc7_features(config, feature_fn, net.variables, splits.train, mesh, "bank",
+                            on_batch=on_batch)
+        test = fc7_features(config, feature_fn, net.variables, splits.test, mesh, "queries",
+                            on_batch=on_batch)
         scores = knn_scores(config, bank.rows, bank.row_labels, bank.valid, test.to_numpy(),
                             test.labels, C, mesh)
         name = "fc7"
@@ -78,7 +82,8 @@ def knn_protocol(config: ml_collections.ConfigDict, net: Network | None, splits:
 
 def cluster_quality(features, labels: np.ndarray, k: int, *, pca_dim: int | None, iterations: int,
                     seed: int, chunk_size: int = 8192, mesh: Mesh | None = None,
-                    valid: np.ndarray | None = None) -> dict:
+                    valid: np.ndarray | None = None,
+                    on_iteration: Callable[[int, int], None] | None = None) -> dict:
     """k-means (JAX) on `features` (PCA-whitened to `pca_dim` first unless None): NMI, ARI and
     Hungarian accuracy against `labels` (one per row; rows outside `valid` ignored)."""
     x = features
@@ -86,7 +91,7 @@ def cluster_quality(features, labels: np.ndarray, k: int, *, pca_dim: int | None
         x, _ = pca_whiten(features, min(pca_dim, features.shape[1]), chunk_size=chunk_size,
                           mesh=mesh, valid=valid)
     result = run_kmeans(x, k, iterations=iterations, seed=seed, chunk_size=chunk_size, mesh=mesh,
-                        valid=valid)
+                        valid=valid, on_iteration=on_iteration)
     keep = slice(None) if valid is None else np.asarray(valid)
     assignment, truth = result.assignment[keep], np.asarray(labels)[keep]
     return {"nmi": metrics.nmi(truth, assignment), "ari": metrics.ari(truth, assignment),
@@ -95,8 +100,10 @@ def cluster_quality(features, labels: np.ndarray, k: int, *, pca_dim: int | None
 
 
 def clustering_protocol(config: ml_collections.ConfigDict, net: Network | None, splits: Splits,
-                        mesh: Mesh) -> dict:
-    """k-means with k = number of classes on the held-out split's PCA-whitened fc7 (or pixels)."""
+                        mesh: Mesh, feature_fn: Callable | None = None,
+                        on_batch: Callable[[int, int], None] | None = None) -> dict:
+    """k-means with k = number of classes on the held-out split's PCA-whitened fc7 (or pixels).
+    `on_batch(done, total)` runs after each extraction batch and k-means iteration."""
     t0 = time.time()
     C, cl = splits.info.num_classes, config.clustering
     common = dict(iterations=cl.iterations, seed=config.seed, chunk_size=cl.chunk_size, mesh=mesh)
@@ -105,10 +112,11 @@ def clustering_protocol(config: ml_collections.ConfigDict, net: Network | None, 
         scores = cluster_quality(x, y, C, pca_dim=cl.pca_dim, **common)
         name = "pixels"
     else:
-        feature_fn = jax.jit(make_feature_fn(net.model, "fc7"))
-        test = fc7_features(config, feature_fn, net.variables, splits.test, mesh, "features")
+        feature_fn = feature_fn or jax.jit(make_feature_fn(net.model, "fc7"))
+        test = fc7_features(config, feature_fn, net.variables, splits.test, mesh, "features",
+                            on_batch=on_batch)
         scores = cluster_quality(test.rows, test.row_labels, C, pca_dim=cl.pca_dim,
-                                 valid=test.valid, **common)
+                                 valid=test.valid, on_iteration=on_batch, **common)
         name = "fc7"
     return {"features": name, "k": C, "pca_dim": min(cl.pca_dim, config.model.fc_dim), **scores,
             "test_images": len(splits.test), "seconds": time.time() - t0}

@@ -1,9 +1,8 @@
-"""`evaluate(config, workdir, protocol, init, features, step)`: one protocol on one run, its result
-written to RUN/eval/<name>.json and printed as a table (the command line is `__main__`)."""
+"""`evaluate(config, workdir, protocol, init, features, step)`: one evaluator (evaluators.py) on one
+run, its result written to RUN/eval/<name>.json and printed as a table (the command line is
+`__main__`)."""
 
 from __future__ import annotations
-
-PROTOCOLS = ("linear", "knn", "clustering")
 
 
 def result_name(protocol: str, init: str, features: str, views: str = "augmented") -> str:
@@ -36,27 +35,16 @@ def evaluate(config, workdir: str, protocol: str, init: str = "trained", feature
              step: int | None = None) -> dict:
     import jax
 
-    from dcjax.config_lib import ConfigError
-    from dcjax.evaluate import common, linear, protocols
+    from dcjax.evaluate import common, evaluators
     from dcjax.sharding import default_mesh
 
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"protocol {protocol!r} must be one of {PROTOCOLS}")
-    if features not in ("network", "pixels"):
-        raise ConfigError(f"features {features!r} must be 'network' or 'pixels'")
-
+    evaluator = evaluators.build(protocol, config, features=features)
     mesh = default_mesh()
     splits = common.open_splits(config)
     net = None
     if features == "network":
         net = common.load_network(config, workdir, init, step, mesh)
-    if protocol == "linear":
-        result = (linear.pixel_probe(config, splits, mesh) if net is None
-                  else linear.linear_probe(config, net, splits, mesh))
-    elif protocol == "knn":
-        result = protocols.knn_protocol(config, net, splits, mesh)
-    else:
-        result = protocols.clustering_protocol(config, net, splits, mesh)
+    result = evaluator.run(net, splits, mesh)
     result = {"protocol": protocol, "init": init if net is not None else None,
               "features": features, "checkpoint_step": net.step if net is not None else None,
               "dataset": config.data.name, "eval_split": config.data.eval_split,
