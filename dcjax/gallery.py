@@ -1,8 +1,9 @@
 r"""A static HTML gallery of a run's clusters: `python -m dcjax.gallery --workdir=RUN [--export=DIR]
-[--out=DIR] [--strip=8] [--per_page=200] [--thumb=128]`.
+[--out=DIR] [--strip=8] [--per_page=200] [--thumb=128] [--clusters_per_index=200]`.
 
 Reads RUN/export/assignments.csv (written by training or `dcjax.export`) and the run's training
-images, and writes RUN/gallery/: `index.html`, the clusters sorted by size, each a strip of the
+images, and writes RUN/gallery/: `index.html` (and `index_2.html`, ... past
+`--clusters_per_index=200` clusters), the clusters sorted by size, each a strip of the
 `--strip` images nearest its centroid with its size (and, when the images are labelled, its purity:
 the share of its most common label); one page per cluster with all its members, nearest first,
 `--per_page` a page (`cluster_0007.html`, `cluster_0007_2.html`, ...); `thumbs/<index>.jpg`, one
@@ -103,16 +104,32 @@ def cluster_page_name(cluster: int, page: int) -> str:
     return f"cluster_{cluster:04d}.html" if page == 1 else f"cluster_{cluster:04d}_{page}.html"
 
 
-def write_gallery(a: dict, out: Path, title: str, strip: int = 8, per_page: int = 200) -> dict:
-    """index.html and the cluster pages for assignments `a` (thumbnails already in out/thumbs);
-    returns {'clusters': shown, 'index_images': thumbnails on the index, 'pages': cluster pages}."""
+def index_page_name(page: int) -> str:
+    return "index.html" if page == 1 else f"index_{page}.html"
+
+
+def _nav(links: list[tuple[str, str]]) -> str:
+    return "<nav>" + "".join(f'<a href="{href}">{text}</a>' for href, text in links) + "</nav>"
+
+
+def write_gallery(a: dict, out: Path, title: str, strip: int = 8, per_page: int = 200,
+                  clusters_per_index: int = 200) -> dict:
+    """The index pages (`clusters_per_index` clusters each: index.html, index_2.html, ...) and the
+    cluster pages for assignments `a` (thumbnails already in out/thumbs); returns {'clusters':
+    non-empty clusters, 'index_images': thumbnails on the index pages, 'pages': cluster pages,
+    'index_pages': index pages}."""
     cluster, distance, ids, labels = a["cluster"], a["distance"], a["ids"], a["labels"]
     sizes = np.bincount(cluster)
     order = [int(c) for c in np.argsort(-sizes, kind="stable") if sizes[c] > 0]
-    sections, pages, shown = [], 0, 0
-    for c in order:
-        members = np.flatnonzero(cluster == c)
-        members = members[np.argsort(distance[members], kind="stable")]
+    # Members of every cluster, nearest first, from one sort (no pass over all images per cluster).
+    by_cluster = np.lexsort((distance, cluster))
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    index_pages = max(1, -(-len(order) // clusters_per_index))
+    sections: list[list[str]] = [[] for _ in range(index_pages)]
+    pages, shown = 0, 0
+    for rank, c in enumerate(order):
+        members = by_cluster[starts[c]:starts[c + 1]]
+        home = index_page_name(rank // clusters_per_index + 1)
         purity = ""
         if labels is not None:
             name, count = Counter(labels[i] for i in members).most_common(1)[0]
@@ -120,40 +137,51 @@ def write_gallery(a: dict, out: Path, title: str, strip: int = 8, per_page: int 
         num_pages = -(-len(members) // per_page)
         for p in range(1, num_pages + 1):
             part = members[(p - 1) * per_page: p * per_page]
-            nav = ['<a href="index.html">all clusters</a>']
+            links = [(home, "all clusters")]
             if p > 1:
-                nav.append(f'<a href="{cluster_page_name(c, p - 1)}">previous page</a>')
+                links.append((cluster_page_name(c, p - 1), "previous page"))
             if p < num_pages:
-                nav.append(f'<a href="{cluster_page_name(c, p + 1)}">next page</a>')
+                links.append((cluster_page_name(c, p + 1), "next page"))
             imgs = "".join(_img(int(i), f"{ids[i]} · {distance[i]:.3f}"
                                 + (f" · {labels[i]}" if labels is not None else ""), lazy=True)
                            for i in part)
             body = (f"<h1>cluster {c}: {len(members)} images{purity}</h1>"
                     f"<p class=\"meta\">page {p} of {num_pages}, nearest the centroid first</p>"
-                    f"<nav>{''.join(nav)}</nav><div class=\"members\">{imgs}</div>"
-                    f"<nav>{''.join(nav)}</nav>")
+                    f"{_nav(links)}<div class=\"members\">{imgs}</div>{_nav(links)}")
             (out / cluster_page_name(c, p)).write_text(_page(f"cluster {c} ({p}/{num_pages})", body))
             pages += 1
         nearest = "".join(_img(int(i), f"{ids[i]} · {distance[i]:.3f}", lazy=False)
                           for i in members[:strip])
         shown += min(strip, len(members))
-        sections.append(f'<section class="cluster" id="c{c}"><h2><a href="{cluster_page_name(c, 1)}">'
-                        f"cluster {c}</a> · {len(members)} images{purity}</h2>"
-                        f'<div class="strip">{nearest}</div></section>')
-    head = (f"<h1>{html.escape(title)}</h1><p class=\"meta\">{len(ids)} images in {len(order)} "
-            f"non-empty clusters, largest first; each strip shows the images nearest the "
-            f"centroid. Click a cluster for all its members.</p>")
-    (out / "index.html").write_text(_page(title, head + "\n".join(sections)))
-    return {"clusters": len(order), "index_images": shown, "pages": pages}
+        sections[rank // clusters_per_index].append(
+            f'<section class="cluster" id="c{c}"><h2><a href="{cluster_page_name(c, 1)}">'
+            f"cluster {c}</a> · {len(members)} images{purity}</h2>"
+            f'<div class="strip">{nearest}</div></section>')
+    for page in range(1, index_pages + 1):
+        links = []
+        if page > 1:
+            links.append((index_page_name(page - 1), "larger clusters"))
+        if page < index_pages:
+            links.append((index_page_name(page + 1), "smaller clusters"))
+        head = (f"<h1>{html.escape(title)}</h1><p class=\"meta\">{len(ids)} images in "
+                f"{len(order)} non-empty clusters, largest first (page {page} of {index_pages}); "
+                f"each strip shows the images nearest the centroid. Click a cluster for all its "
+                f"members.</p>" + (_nav(links) if links else ""))
+        body = head + "\n".join(sections[page - 1]) + (_nav(links) if links else "")
+        (out / index_page_name(page)).write_text(_page(title, body))
+    return {"clusters": len(order), "index_images": shown, "pages": pages,
+            "index_pages": index_pages}
 
 
 def gallery(workdir: str, export: str | None = None, out: str | None = None, strip: int = 8,
-            per_page: int = 200, thumb: int = 128) -> tuple[Path, dict]:
+            per_page: int = 200, thumb: int = 128,
+            clusters_per_index: int = 200) -> tuple[Path, dict]:
     from dcjax.data.datasets import open_split
     from dcjax.data.prepare import ensure_embedded
     from dcjax.evaluate.common import config_from_run
 
-    for name, value in (("strip", strip), ("per_page", per_page), ("thumb", thumb)):
+    for name, value in (("strip", strip), ("per_page", per_page), ("thumb", thumb),
+                        ("clusters_per_index", clusters_per_index)):
         if value < 1:
             raise DataError(f"--{name}={value} must be >= 1")
     config = config_from_run(workdir)
@@ -167,7 +195,7 @@ def gallery(workdir: str, export: str | None = None, out: str | None = None, str
     folder = Path(out) if out else Path(workdir) / "gallery"
     write_thumbnails(source, folder / "thumbs", thumb, threads=max(1, min(8, os.cpu_count() or 1)))
     title = f"{d.name}: {Path(workdir).name}, k = {config.clustering.k}"
-    return folder, write_gallery(a, folder, title, strip, per_page)
+    return folder, write_gallery(a, folder, title, strip, per_page, clusters_per_index)
 
 
 def main(argv: list[str]) -> None:
@@ -182,12 +210,13 @@ def main(argv: list[str]) -> None:
     if not f["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     try:
-        folder, stats = gallery(f.workdir, f.export, f.out, f.strip, f.per_page, f.thumb)
+        folder, stats = gallery(f.workdir, f.export, f.out, f.strip, f.per_page, f.thumb,
+                                f.clusters_per_index)
     except (ConfigError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(f"{folder / 'index.html'}: {stats['clusters']} clusters, {stats['pages']} cluster "
-          f"page(s); open it in a browser")
+    print(f"{folder / 'index.html'}: {stats['clusters']} clusters on {stats['index_pages']} index "
+          f"page(s), {stats['pages']} cluster page(s); open it in a browser")
 
 
 def _define_flags() -> None:
@@ -199,6 +228,8 @@ def _define_flags() -> None:
     flags.DEFINE_integer("strip", 8, "Images per cluster on the index page.")
     flags.DEFINE_integer("per_page", 200, "Images per cluster page.")
     flags.DEFINE_integer("thumb", 128, "Thumbnail size (pixels, longer side).")
+    flags.DEFINE_integer("clusters_per_index", 200, "Clusters per index page (index.html, "
+                         "index_2.html, ...).")
     flags.mark_flags_as_required(["workdir"])
 
 

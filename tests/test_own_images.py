@@ -186,11 +186,16 @@ def test_gallery_pages(tmp_path):
 
     a = synthetic_assignments()
     (tmp_path / "thumbs").mkdir()
-    stats = write_gallery(a, tmp_path, "test", strip=3, per_page=4)
+    stats = write_gallery(a, tmp_path, "test", strip=3, per_page=4, clusters_per_index=3)
     sizes = np.bincount(a["cluster"])
-    assert stats["clusters"] == 4 and stats["index_images"] == 12
+    assert stats["clusters"] == 4 and stats["index_images"] == 12 and stats["index_pages"] == 2
+    assert 'href="index_2.html">smaller clusters' in (tmp_path / "index.html").read_text()
+    # The smallest cluster's pages lead back to the index page that lists it.
+    smallest = int(np.argsort(-sizes, kind="stable")[-1])
+    assert 'href="index_2.html">all clusters' in \
+        (tmp_path / f"cluster_{smallest:04d}.html").read_text()
     assert stats["pages"] == sum(-(-s // 4) for s in sizes)
-    index = (tmp_path / "index.html").read_text()
+    index = (tmp_path / "index.html").read_text() + (tmp_path / "index_2.html").read_text()
     # Largest cluster first, and a purity for labelled images.
     order = [index.index(f'id="c{c}"') for c in np.argsort(-sizes, kind="stable")]
     assert order == sorted(order) and "purity" in index
