@@ -27,6 +27,22 @@ def fail(message: str, code: int = EXIT_USAGE) -> None:
     sys.exit(code)
 
 
+def run_command(argv: list[str], body) -> None:
+    """The frame of a per-run command's `main`: no positional arguments, absl logging at WARNING
+    unless --verbosity is given, and a bad value (ConfigError, DataError: both ValueErrors) as one
+    `error:` line with exit code 2."""
+    from absl import logging
+
+    if len(argv) > 1:
+        fail(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    try:
+        body()
+    except ValueError as e:
+        fail(str(e))
+
+
 def config_fields(config, prefix: str = "") -> list[str]:
     """Every leaf field of a ConfigDict as a dotted path ('clustering.k', ...)."""
     import ml_collections

@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -184,26 +183,19 @@ def export_checkpoint(workdir: str, step: int | None = None, out: str | None = N
 
 
 def main(argv: list[str]) -> None:
-    from absl import flags, logging
+    from absl import flags
 
-    from dcjax import distributed
-    from dcjax.config_lib import ConfigError
-    from dcjax.data.datasets import DataError
+    from dcjax import cli, distributed
 
-    if len(argv) > 1:
-        print(f"error: unexpected arguments: {argv[1:]}", file=sys.stderr)
-        sys.exit(2)
     f = flags.FLAGS
-    if not f["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    try:
+
+    def body() -> None:
         distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
         folder = export_checkpoint(f.workdir, f.step, f.out)
-    except (ConfigError, DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    if jax.process_index() == 0:
-        print(f"written to {folder}: {', '.join(FILES)}")
+        if jax.process_index() == 0:
+            print(f"written to {folder}: {', '.join(FILES)}")
+
+    cli.run_command(argv, body)
 
 
 def _define_flags() -> None:

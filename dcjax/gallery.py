@@ -18,7 +18,6 @@ import csv
 import html
 import io
 import os
-import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -199,24 +198,19 @@ def gallery(workdir: str, export: str | None = None, out: str | None = None, str
 
 
 def main(argv: list[str]) -> None:
-    from absl import flags, logging
+    from absl import flags
 
-    from dcjax.config_lib import ConfigError
+    from dcjax import cli
 
-    if len(argv) > 1:
-        print(f"error: unexpected arguments: {argv[1:]}", file=sys.stderr)
-        sys.exit(2)
     f = flags.FLAGS
-    if not f["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    try:
+
+    def body() -> None:
         folder, stats = gallery(f.workdir, f.export, f.out, f.strip, f.per_page, f.thumb,
                                 f.clusters_per_index)
-    except (ConfigError, DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(f"{folder / 'index.html'}: {stats['clusters']} clusters on {stats['index_pages']} index "
-          f"page(s), {stats['pages']} cluster page(s); open it in a browser")
+        print(f"{folder / 'index.html'}: {stats['clusters']} clusters on {stats['index_pages']} "
+              f"index page(s), {stats['pages']} cluster page(s); open it in a browser")
+
+    cli.run_command(argv, body)
 
 
 def _define_flags() -> None:

@@ -120,25 +120,20 @@ def predict(workdir: str, source: str, out: str, features: str | None = None,
 
 
 def main(argv: list[str]) -> None:
-    from absl import flags, logging
+    from absl import flags
 
-    from dcjax.config_lib import ConfigError
+    from dcjax import cli
 
-    if len(argv) > 1:
-        print(f"error: unexpected arguments: {argv[1:]}", file=sys.stderr)
-        sys.exit(2)
     f = flags.FLAGS
-    if not f["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    try:
+
+    def body() -> None:
         count, skipped = predict(f.workdir, f.source, f.out, f.features, f.export)
-    except (ConfigError, DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    for name, reason in skipped:
-        print(f"skipped {name}: {reason}", file=sys.stderr)
-    print(f"{count} image(s) written to {f.out}" + (f", {len(skipped)} unreadable skipped"
-                                                    if skipped else ""))
+        for name, reason in skipped:
+            print(f"skipped {name}: {reason}", file=sys.stderr)
+        print(f"{count} image(s) written to {f.out}"
+              + (f", {len(skipped)} unreadable skipped" if skipped else ""))
+
+    cli.run_command(argv, body)
 
 
 def _define_flags() -> None:
