@@ -33,7 +33,8 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -274,38 +275,69 @@ def _log_epoch(log: Callable[[str], None], epoch: int, sums: dict, steps: int) -
     return mean
 
 
+@dataclasses.dataclass
+class ViewSource:
+    """What one probe variant feeds `fit_probes`: `features(variables, x)` -> {layer: [B, dim]};
+    `train(epoch)` yields the epoch's (x, labels) batches, `steps` of them; `test()` yields
+    (x, labels, mask) batches of the held-out split."""
+
+    features: Callable
+    variables: Any
+    train: Callable[[int], Iterable[tuple]]
+    test: Callable[[], Iterable[tuple]]
+    steps: int
+
+
+def fit_probes(source: ViewSource, names: list[str], tx, state: tuple, epochs: int,
+               normalize: bool, log: Callable[[str], None], poll: Callable[[], None]):
+    """The one fit loop of every probe variant: `epochs` epochs of SGD on the linear heads over
+    `source.train`, then the correct counts on `source.test`. Returns (correct {layer: int},
+    history [{layer: mean train loss}] per epoch)."""
+    train_step, eval_step = make_probe_fns(source.features, tx, normalize)
+    probes, opt_state, stats = state
+    history = []
+    for epoch in range(epochs):
+        sums = {name: 0.0 for name in names}
+        for x, y in progress(source.train(epoch), total=source.steps, desc=f"probe epoch {epoch}"):
+            probes, opt_state, stats, losses = train_step(probes, opt_state, stats,
+                                                          source.variables, x, y)
+            sums = _add_losses(sums, losses)
+            poll()
+        history.append(_log_epoch(log, epoch, sums, source.steps))
+    correct = {name: 0 for name in names}
+    for x, y, mask in progress(source.test(), desc="probe test"):
+        counts = eval_step(probes, stats, source.variables, x, y, mask)
+        correct = {name: correct[name] + int(counts[name]) for name in names}
+    return correct, history
+
+
 def _augmented_views(config, net, splits, mesh, poolings, names, tx, steps, state, log, poll):
     """The paper's probe: every step a forward pass of a new crop + flip view of each image."""
     e = config.eval
-    probes, opt_state, stats = state
     n, batch = len(splits.train), e.batch_size
-    train_step, eval_step = make_probe_fns(conv_features(net, poolings), tx, e.linear_normalize)
     rows = rows_sharding(mesh)
     crop = "translate" if e.linear_views == "translate" else "resized"
     view = dataclasses.replace(pipeline.view_config(config), crop_scale=tuple(e.crop_scale), crop=crop)
-    history = []
-    for epoch in range(e.linear_epochs):
+
+    def arrays(b, *keys):
+        return tuple(jax.make_array_from_process_local_data(
+            rows, b[k].astype(np.int32) if k == "label" else b[k]) for k in keys)
+
+    def train(epoch):
         order = np.random.default_rng([config.seed, 7919, epoch]).permutation(n)
-        sums = {name: 0.0 for name in names}
-        batches = pipeline.train_batches(splits.train, order, view, batch,
-                                         seed=config.seed * 1_000_003 + epoch,
-                                         **loader_options(config))
-        for b in progress(batches, total=steps, desc=f"probe epoch {epoch}"):
-            images = jax.make_array_from_process_local_data(rows, b["image"])
-            labels = jax.make_array_from_process_local_data(rows, b["label"].astype(np.int32))
-            probes, opt_state, stats, losses = train_step(probes, opt_state, stats, net.variables,
-                                                          images, labels)
-            sums = _add_losses(sums, losses)
-            poll()
-        history.append(_log_epoch(log, epoch, sums, steps))
-    correct = {name: 0 for name in names}
-    for b in progress(pipeline.ordered_batches(splits.test, pipeline.view_config(config), batch,
-                                               **loader_options(config)), desc="probe test"):
-        images = jax.make_array_from_process_local_data(rows, b["image"])
-        labels = jax.make_array_from_process_local_data(rows, b["label"].astype(np.int32))
-        mask = jax.make_array_from_process_local_data(rows, b["mask"])
-        counts = eval_step(probes, stats, net.variables, images, labels, mask)
-        correct = {name: correct[name] + int(counts[name]) for name in names}
+        for b in pipeline.train_batches(splits.train, order, view, batch,
+                                        seed=config.seed * 1_000_003 + epoch,
+                                        **loader_options(config)):
+            yield arrays(b, "image", "label")
+
+    def test():
+        for b in pipeline.ordered_batches(splits.test, pipeline.view_config(config), batch,
+                                          **loader_options(config)):
+            yield arrays(b, "image", "label", "mask")
+
+    source = ViewSource(conv_features(net, poolings), net.variables, train, test, steps)
+    correct, history = fit_probes(source, names, tx, state, e.linear_epochs, e.linear_normalize,
+                                  log, poll)
     return correct, history, {}
 
 
@@ -318,7 +350,6 @@ def _center_views(config, net, splits, mesh, poolings, names, tx, steps, state, 
     trained on shuffled batches of those rows."""
     from dcjax.features import extract
     e = config.eval
-    probes, opt_state, stats = state
     batch = e.batch_size
     bounds = np.cumsum([0] + [p.dim for p in poolings])
     features = conv_features(net, poolings)
@@ -346,29 +377,26 @@ def _center_views(config, net, splits, mesh, poolings, names, tx, steps, state, 
         x = x.astype(jnp.float32)
         return {name: x[:, a:b] for name, a, b in zip(names, bounds[:-1], bounds[1:])}
 
-    train_step, eval_step = make_probe_fns(split_rows, tx, e.linear_normalize)
     replicated = sharding_replicated(mesh)
     take = _take_fn(rows_sharding(mesh))
-    train, train_labels = cached["train"]
-    positions = np.flatnonzero(train.valid).astype(np.int32)
-    history = []
-    for epoch in range(e.linear_epochs):
+    train_rows, train_labels = cached["train"]
+    test_rows, test_labels = cached["test"]
+    positions = np.flatnonzero(train_rows.valid).astype(np.int32)
+
+    def train(epoch):
         order = np.random.default_rng([config.seed, 7919, epoch]).permutation(positions)
-        sums = {name: 0.0 for name in names}
-        for idx in progress(order[: steps * batch].reshape(steps, batch), total=steps,
-                            desc=f"probe epoch {epoch}"):
-            x, y, _ = take(train.rows, train_labels, put(idx, replicated))
-            probes, opt_state, stats, losses = train_step(probes, opt_state, stats, (), x, y)
-            sums = _add_losses(sums, losses)
-            poll()
-        history.append(_log_epoch(log, epoch, sums, steps))
-    test, test_labels = cached["test"]
-    correct = {name: 0 for name in names}
-    for start in range(0, test.valid.shape[0], batch):
-        x, y, valid = take(test.rows, test_labels,
-                           put(np.arange(start, start + batch, dtype=np.int32), replicated))
-        counts = eval_step(probes, stats, (), x, y, valid)
-        correct = {name: correct[name] + int(counts[name]) for name in names}
+        for idx in order[: steps * batch].reshape(steps, batch):
+            x, y, _ = take(train_rows.rows, train_labels, put(idx, replicated))
+            yield x, y
+
+    def test():
+        for start in range(0, test_rows.valid.shape[0], batch):
+            yield take(test_rows.rows, test_labels,
+                       put(np.arange(start, start + batch, dtype=np.int32), replicated))
+
+    source = ViewSource(split_rows, (), train, test, steps)
+    correct, history = fit_probes(source, names, tx, state, e.linear_epochs, e.linear_normalize,
+                                  log, poll)
     return correct, history, {"feature_seconds": feature_seconds}
 
 
@@ -401,29 +429,28 @@ def pixel_arrays(config: ml_collections.ConfigDict, source) -> tuple[np.ndarray,
 def train_linear(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
                  num_classes: int, config: ml_collections.ConfigDict,
                  log: Callable[[str], None] = print) -> dict:
-    """The probe's classifier and optimizer on fixed feature arrays (no augmentation)."""
+    """The probe's classifier and optimizer on fixed feature arrays (no augmentation), through the
+    same fit loop as the network's probes."""
     e = config.eval
     n, batch = x_train.shape[0], min(e.batch_size, x_train.shape[0])
     steps = n // batch
     tx = probe_optimizer(config, steps * e.linear_epochs)
     probes = init_probes({"x": x_train.shape[1]}, num_classes)
-    opt_state = tx.init(probes)
-    stats = None  # the caller standardises the arrays
-    train_step, eval_step = make_probe_fns(lambda variables, x: {"x": x}, tx, normalize=False)
     xt, yt = jnp.asarray(x_train), jnp.asarray(y_train)
-    loss = None
-    for epoch in range(e.linear_epochs):
+
+    def train(epoch):
         order = np.random.default_rng([config.seed, 7919, epoch]).permutation(n)[: steps * batch]
-        total = 0.0
         for idx in order.reshape(steps, batch):
-            probes, opt_state, stats, losses = train_step(probes, opt_state, stats, (), xt[idx],
-                                                          yt[idx])
-            total += losses["x"]
-        loss = float(total) / steps
-        log(f"linear epoch {epoch}: train loss {loss:.4f}")
-    correct = int(eval_step(probes, stats, (), jnp.asarray(x_test), jnp.asarray(y_test),
-                            jnp.ones(len(y_test), bool))["x"])
-    return {"top1": correct / len(y_test), "final_train_loss": loss}
+            yield xt[idx], yt[idx]
+
+    def test():
+        yield jnp.asarray(x_test), jnp.asarray(y_test), jnp.ones(len(y_test), bool)
+
+    # No running statistics: the caller standardises the arrays.
+    source = ViewSource(lambda variables, x: {"x": x}, (), train, test, steps)
+    correct, history = fit_probes(source, ["x"], tx, (probes, tx.init(probes), None),
+                                  e.linear_epochs, False, log, lambda: None)
+    return {"top1": correct["x"] / len(y_test), "final_train_loss": history[-1]["x"]}
 
 
 def pixel_probe(config: ml_collections.ConfigDict, splits: Splits, mesh: Mesh,
