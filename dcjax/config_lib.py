@@ -14,7 +14,7 @@ from typing import Any
 import ml_collections
 
 from dcjax.clustering import BACKENDS
-from dcjax.clustering.kmeans import PRECISIONS
+from dcjax.clustering.kmeans import PRECISION_NAMES
 from dcjax.clustering.sampler import SAMPLERS
 from dcjax.evaluate.knn import WEIGHTS as KNN_WEIGHTS
 from dcjax.models import ARCHITECTURES
@@ -93,11 +93,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.clustering.k = 10000  # 0: from the number of images (auto_k)
     c.clustering.pca_dim = 256
     c.clustering.iterations = 20
-    c.clustering.backend = "jax"
+    # 'auto': faiss on CPU-only hosts (faster there), the JAX k-means on accelerators and when the
+    # features are sharded across processes (clustering.choose_backend); or 'jax' / 'faiss'.
+    c.clustering.backend = "auto"
     c.clustering.sampler = "uniform"
     c.clustering.chunk_size = 8192  # rows scored against all k centroids at once
-    # k-means distance matmul: 'highest' (float32), or 'tf32_3x' / 'bf16_3x' / 'bf16_6x' (float32
-    # operands split over tensor-core passes; faster on GPUs, see docs/benchmarks.md).
+    # JAX k-means distance matmul: 'highest' (float32), or 'tf32_3x' / 'bf16_3x' / 'bf16_6x' (float32
+    # operands split over tensor-core passes; faster on GPUs, see docs/benchmarks.md), or
+    # 'exact_fast' (one bfloat16 pass, float32 re-scoring of the rows it leaves undecided: the
+    # same assignment as 'highest'; for accelerators, not yet measured on one).
     c.clustering.precision = "highest"
 
     c.optim = ml_collections.ConfigDict()
@@ -231,8 +235,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
              f"config.batch_size={config.batch_size} is not divisible by the {num_devices} devices")
     _require(cl.backend in BACKENDS, f"config.clustering.backend={cl.backend!r} must be one of "
              f"{BACKENDS}")
-    _require(cl.precision in PRECISIONS, f"config.clustering.precision={cl.precision!r} must be "
-             f"one of {tuple(PRECISIONS)}")
+    _require(cl.precision in PRECISION_NAMES, f"config.clustering.precision={cl.precision!r} must "
+             f"be one of {PRECISION_NAMES}")
     _require(not cl.precision.startswith("tf32") or _platform() == "gpu",
              f"config.clustering.precision={cl.precision!r} needs GPU devices; use 'highest' or "
              "a bf16 one")

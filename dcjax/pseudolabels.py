@@ -48,6 +48,7 @@ class Clustering:
     pca: PCA  # mean [D], components [D, pca_dim], eigenvalues [pca_dim]
     objective: float
     num_splits: int
+    rescored_share: float  # rows re-scored in float32 by precision='exact_fast' (else 0)
     labels: np.ndarray  # [N] int32, -1 where unknown
     image: np.ndarray  # [R] int64
     valid: np.ndarray  # [R] bool
@@ -105,11 +106,13 @@ def cluster_network(config: ml_collections.ConfigDict, feature_fn: Callable, var
     out = Clustering(
         assignment=_dataset_order(result.assignment, f.image, f.valid, n),
         centroids=np.asarray(result.centroids, np.float32), pca=pca,
-        objective=float(result.objective[-1]), num_splits=result.num_splits, labels=f.labels,
+        objective=float(result.objective[-1]), num_splits=result.num_splits,
+        rescored_share=result.rescored_share, labels=f.labels,
         image=f.image, valid=f.valid,
         seconds={"time_extract": t1 - t0, "time_pca": t2 - t1, "time_kmeans": t3 - t2})
     if nearest:
-        best, dist = assign(reduced, out.centroids, chunk_size=c.clustering.chunk_size, mesh=mesh)
+        best, dist = assign(reduced, out.centroids, chunk_size=c.clustering.chunk_size, mesh=mesh,
+                            precision=c.clustering.precision)
         out.nearest = _dataset_order(best.astype(np.int32), f.image, f.valid, n)
         out.distance = np.sqrt(np.maximum(_dataset_order(dist, f.image, f.valid, n), 0.0))
     if keep_features:

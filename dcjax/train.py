@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from dcjax import faults, metrics, sharding
 from dcjax.checkpoint import Checkpointer, abstract_like
-from dcjax.clustering import run_kmeans, sample_epoch
+from dcjax.clustering import choose_backend, run_kmeans, sample_epoch
 from dcjax.config_lib import (
     ConfigError,
     resolve_auto,
@@ -210,6 +210,7 @@ def cluster(run: Run, state: TrainState, epoch: int, previous: np.ndarray | None
     record = {
         "kmeans_objective": result.objective,
         "kmeans_splits": result.num_splits,
+        "kmeans_rescored": result.rescored_share,
         "nmi_prev": metrics.nmi(previous, assignment) if previous is not None else None,
         **label_metrics(result.labels, assignment, run.info),
         **metrics.cluster_size_stats(assignment, run.config.clustering.k),
@@ -324,6 +325,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
         print(f"dataset {config.data.name!r} has no labels: the label metrics (nmi_labels, ...) are "
               f"null; nmi_prev measures how stable the clusters are")
     mesh = default_mesh()
+    if jax.process_index() == 0 and config.clustering.backend == "auto":
+        choice, reason = choose_backend(info.split_sizes[config.data.train_split],
+                                        config.clustering.pca_dim, mesh=mesh,
+                                        across_processes=jax.process_count() > 1)
+        print(f"k-means: {choice} ({reason}; config.clustering.backend='auto')")
     model = from_config(config, config.clustering.k)
     train_step = jax.jit(make_train_step(model, config), donate_argnums=0)
     feature_fn = jax.jit(make_feature_fn(model, "fc7"))
@@ -578,7 +584,7 @@ def periodic_evaluation(run: Run, state: TrainState, epoch: int) -> dict:
 
 def epoch_record(partial: dict, batch_size: int) -> dict:
     steps = max(partial.get("steps", 0), 1)
-    keys = ("kmeans_objective", "kmeans_splits", "nmi_prev", "nmi_labels", "ari_labels",
+    keys = ("kmeans_objective", "kmeans_splits", "kmeans_rescored", "nmi_prev", "nmi_labels", "ari_labels",
             "acc_labels", "nonempty_clusters", "largest_cluster_frac", "size_entropy_normalized",
             "time_extract", "time_pca", "time_kmeans")
     record = {"epoch": partial["epoch"], "loss": partial["loss_sum"] / steps,
@@ -597,7 +603,9 @@ def format_record(r: dict) -> str:
     return (f"epoch {r['epoch']}: loss {f('loss')} nmi_labels {f('nmi_labels')} "
             f"nmi_prev {f('nmi_prev')} nonempty {f('nonempty_clusters', 'd')} "
             f"| extract {f('time_extract', '.1f')}s pca {f('time_pca', '.1f')}s "
-            f"kmeans {f('time_kmeans', '.1f')}s train {f('time_train', '.1f')}s"
+            f"kmeans {f('time_kmeans', '.1f')}s"
+            + (f" ({r['kmeans_rescored']:.1%} re-scored)" if r.get("kmeans_rescored") else "")
+            + f" train {f('time_train', '.1f')}s"
             + (f" | knn_top1 {f('knn_top1')}" if r.get("knn_top1") is not None else ""))
 
 

@@ -52,14 +52,35 @@ def test_imagenet_epoch_projection(tmp_path):
 def test_kmeans_parts_table(tmp_path):
     out = tmp_path / "parts.json"
     args = ["--n=6000", "--d=16", "--k=32", "--chunks=500,1000", "--repeats=1",
-            "--precisions=highest,tf32_3x,bf16_3x", f"--json={out}"]
+            "--precisions=highest,tf32_3x,bf16_3x,exact_fast", f"--json={out}"]
     run = subprocess.run([sys.executable, "-m", "dcjax.bench.kmeans_parts", *args], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "skipped: k-means precision 'tf32_3x' needs GPU devices" in run.stdout
     rows = json.loads(out.read_text())["rows"]
-    assert [r["precision"] for r in rows] == ["highest", "highest", "bf16_3x", "bf16_3x"]
+    assert [r["precision"] for r in rows] == ["highest", "highest", "bf16_3x", "bf16_3x",
+                                              "exact_fast", "exact_fast"]
+    assert all((r["rescored"] > 0) == (r["precision"] == "exact_fast") for r in rows)
     for r in rows:
         assert r["matmul_ms"] > 0 and r["assign_ms"] > 0 and r["iteration_ms"] > 0
         assert r["matmul_tflops"] == pytest.approx(
             2 * 6000 * 32 * 16 / (r["matmul_ms"] * 1e-3) / 1e12)
+
+
+def test_kmeans_table_auto_is_faiss_here(tmp_path):
+    out = tmp_path / "kmeans.json"
+    args = ["--sizes=3000x16x20x4", "--backends=jax,auto,faiss", "--precisions=highest,exact_fast",
+            "--pca=", f"--json={out}"]
+    run = subprocess.run([sys.executable, "-m", "dcjax.bench.kmeans", *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = {(r["backend"], r.get("precision")): r for r in json.loads(out.read_text())}
+    assert set(rows) == {("jax", "highest"), ("jax", "exact_fast"), ("auto (faiss)", None),
+                         ("faiss", None)}
+    faiss_obj = rows["faiss", None]["objective"]
+    # auto ran faiss from the same initial rows; the JAX k-means reaches the same objective.
+    assert rows["auto (faiss)", None]["objective"] == pytest.approx(faiss_obj, rel=1e-6)
+    for precision in ("highest", "exact_fast"):
+        assert rows["jax", precision]["objective"] == pytest.approx(faiss_obj, rel=1e-4)
+    assert rows["jax", "highest"]["rescored"] == 0 < rows["jax", "exact_fast"]["rescored"]
+    assert "| auto (faiss) |" in run.stdout

@@ -1,9 +1,11 @@
 """PCA-whitening, sharded k-means with empty-cluster splitting, the faiss backend, the sampler."""
 
+import functools
 import io
 import tarfile
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import shared_file
@@ -90,23 +92,79 @@ def test_kmeans_matches_scikit_learn_lloyd_from_the_same_init():
 
 
 @pytest.mark.slow
-def test_kmeans_matches_faiss_on_real_image_features():
-    path = shared_file("cifar10-jpg.tar.gz")
+@functools.lru_cache(maxsize=1)
+def cifar_features(n: int = 5000, dim: int = 64) -> np.ndarray:
+    """PCA-whitened pixels of the first n CIFAR-10 test images: real image features [n, dim]."""
     from PIL import Image
 
     images = []
-    with tarfile.open(path, "r|gz") as tar:
+    with tarfile.open(shared_file("cifar10-jpg.tar.gz"), "r|gz") as tar:
         for member in tar:
-            if member.isfile() and "/test/" in f"/{member.name}" and len(images) < 5000:
+            if member.isfile() and "/test/" in f"/{member.name}" and len(images) < n:
                 data = tar.extractfile(member).read()
                 images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
     pixels = np.stack(images).reshape(len(images), -1).astype(np.float32) / 255.0
-    features, _ = pca_whiten(pixels, 64)
-    features = np.asarray(features)
+    features, _ = pca_whiten(pixels, dim)
+    return np.asarray(features)
+
+
+def test_kmeans_matches_faiss_on_real_image_features():
+    features = cifar_features()
     init = np.asarray(init_centroids(features, 100, seed=0))
     ours = kmeans(features, 100, iterations=20, initial_centroids=init)
     ref = clustering.kmeans_faiss(features, 100, iterations=20, initial_centroids=init)
     assert abs(ours.objective[-1] - ref.objective[-1]) / ref.objective[-1] < 0.005
+
+
+def bf16_assignment(x, c):
+    """The assignment a bfloat16 pass alone would give (what exact_fast must not return)."""
+    x16, c16 = (jnp.asarray(a).astype(jnp.bfloat16) for a in (x, c))
+    scores = jnp.sum(c * c, axis=1)[None] - 2.0 * jnp.dot(x16, c16.T,
+                                                          preferred_element_type=jnp.float32)
+    return np.asarray(jnp.argmin(scores, axis=1))
+
+
+@pytest.mark.parametrize("data", ["cifar_pca", "random"])
+def test_exact_fast_gives_the_float32_assignment(data):
+    if data == "cifar_pca":
+        x, k = cifar_features(), 100
+    else:
+        x = np.random.default_rng(4).normal(size=(3001, 48)).astype(np.float32) * 3.0
+        k = 64
+    ref = kmeans(x, k, iterations=6, seed=3, chunk_size=512)
+    fast = kmeans(x, k, iterations=6, seed=3, chunk_size=512, precision="exact_fast")
+    # Same assignment at every iteration (so the same centroids), ties included.
+    np.testing.assert_array_equal(fast.assignment, ref.assignment)
+    np.testing.assert_array_equal(fast.centroids, ref.centroids)
+    np.testing.assert_allclose(fast.objective, ref.objective, rtol=1e-5)
+    # The bfloat16 pass alone would not have given it: re-scoring did work, on few rows.
+    assert (bf16_assignment(x, ref.centroids) != ref.assignment).any()
+    assert fast.rescored.shape == (6,) and 0 < fast.rescored_share < 0.5
+    best, dist = clustering.assign(x, ref.centroids, precision="exact_fast", chunk_size=512)
+    want, want_dist = clustering.assign(x, ref.centroids, chunk_size=512)
+    np.testing.assert_array_equal(best, want)
+    np.testing.assert_allclose(dist, want_dist, rtol=1e-4, atol=1e-5)
+
+
+def test_exact_fast_on_constructed_near_ties():
+    rng = np.random.default_rng(0)
+    d = 32
+    a = rng.normal(size=d).astype(np.float32)
+    centroids = np.stack([
+        a,
+        -a,  # exactly equidistant from every row orthogonal to a
+        a * np.float32(1 + 2.0 ** -12),  # rounds to the same bfloat16 vector as a
+        rng.normal(size=d).astype(np.float32) * 3,
+    ]).astype(np.float32)
+    ortho = rng.normal(size=(200, d)).astype(np.float32)
+    ortho -= np.outer(ortho @ a / (a @ a), a).astype(np.float32)
+    near_a = a[None] * rng.uniform(0.9, 1.1, size=(200, 1)).astype(np.float32)
+    tiny = ortho + a[None] * np.float32(1e-6) * rng.choice([-1, 1], size=(200, 1)).astype(np.float32)
+    x = np.concatenate([ortho, near_a, tiny, np.zeros((1, d), np.float32)]).astype(np.float32)
+    want, _ = clustering.assign(x, centroids, chunk_size=64)
+    got, _ = clustering.assign(x, centroids, chunk_size=64, precision="exact_fast")
+    np.testing.assert_array_equal(got, want)
+    assert (bf16_assignment(x, centroids) != want).any()
 
 
 def test_empty_clusters_are_split_never_kept():
@@ -217,8 +275,25 @@ def test_backends_and_auto_fallback(monkeypatch, caplog):
     x, _ = blobs(n=500, d=8)
     ref = run_kmeans(x, 5, backend="faiss", iterations=5)
     assert ref.assignment.shape == (500,) and np.bincount(ref.assignment).min() > 0
+    # Every backend starts from the same k rows, so they follow the same iterations.
+    jax_result = run_kmeans(x, 5, backend="jax", iterations=5)
+    np.testing.assert_allclose(jax_result.centroids, ref.centroids, atol=1e-4)
+    np.testing.assert_allclose(jax_result.objective, ref.objective, rtol=1e-5)
     with pytest.raises(ValueError, match="unknown k-means backend"):
         run_kmeans(x, 5, backend="cuml")
+
+    # 'auto' on this CPU-only host with faiss installed: faiss, logged with the reason.
+    assert clustering.choose_backend(*x.shape)[0] == "faiss"
+    with caplog.at_level("INFO"):
+        auto = run_kmeans(x, 5, backend="auto", iterations=5)
+    assert "k-means backend 'auto': faiss (CPU devices only and faiss is installed" in caplog.text
+    np.testing.assert_array_equal(auto.assignment, ref.assignment)
+    np.testing.assert_array_equal(auto.centroids, ref.centroids)
+
+    # Features that a host copy would not fit: the JAX k-means; if that cannot run, faiss.
+    monkeypatch.setattr(clustering, "available_memory", lambda: 4096)
+    choice, reason = clustering.choose_backend(*x.shape)
+    assert choice == "jax" and "does not fit in the available memory" in reason
 
     def out_of_memory(*args, **kwargs):
         raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: out of memory allocating")
@@ -230,6 +305,10 @@ def test_backends_and_auto_fallback(monkeypatch, caplog):
     assert result.objective[-1] == pytest.approx(ref.objective[-1], rel=1e-4)
     with pytest.raises(jax.errors.JaxRuntimeError):
         run_kmeans(x, 5, backend="jax", iterations=5)
+    monkeypatch.setattr(clustering, "faiss_available", lambda: False)
+    assert clustering.choose_backend(*x.shape) == ("jax", "faiss is not installed")
+    monkeypatch.setattr(clustering, "faiss_available", lambda: True)
+    assert clustering.choose_backend(*x.shape, across_processes=True)[0] == "jax"
 
 
 # --------------------------------------------------------------------------- sampler

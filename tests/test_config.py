@@ -59,11 +59,11 @@ def test_bad_values_name_the_field(field, value, message):
 def test_allowed_values_are_the_implementations_own():
     from dcjax import config_lib
     from dcjax.clustering import BACKENDS
-    from dcjax.clustering.kmeans import PRECISIONS
+    from dcjax.clustering.kmeans import PRECISION_NAMES
     from dcjax.clustering.sampler import SAMPLERS
     from dcjax.evaluate.knn import WEIGHTS
 
-    assert config_lib.PRECISIONS is PRECISIONS and config_lib.BACKENDS is BACKENDS
+    assert config_lib.PRECISION_NAMES is PRECISION_NAMES and config_lib.BACKENDS is BACKENDS
     assert config_lib.SAMPLERS is SAMPLERS and config_lib.KNN_WEIGHTS is WEIGHTS
 
 

@@ -21,7 +21,8 @@ from dcjax.train import train_and_evaluate
 
 # Re-clustering every 2 epochs: both epochs train on the epoch-0 pseudo-labels, so the comparison
 # is of the parallel machinery, not of k-means' sensitivity to float-level differences.
-OVERRIDES = {"num_epochs": 2, "reassign": 2}
+# The JAX k-means on both sides: 'auto' would run faiss in one process and JAX across two.
+OVERRIDES = {"num_epochs": 2, "reassign": 2, "clustering.backend": "jax"}
 
 
 def config():

@@ -1,7 +1,8 @@
 r"""k-means and PCA-whitening: dcjax (JAX) against faiss and scikit-learn on the same data and init.
 
     python -m dcjax.bench.kmeans [--sizes=100000x256x1000x20,1000000x256x10000x1] [--json=PATH]
-                                 [--backends=jax,faiss,sklearn] [--pca=100000x4096x256]
+                                 [--backends=jax,auto,faiss,sklearn] [--precisions=highest]
+                                 [--pca=100000x4096x256]
 
 Each (backend, size) runs in its own subprocess so its peak resident memory (`peak_rss_mb`) is its
 own; all of them build the same synthetic clustered data from the same seed and start from the same
@@ -31,7 +32,8 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 flags.DEFINE_string("sizes", "100000x256x1000x20,1000000x256x10000x1",
                     "Comma-separated NxDxKxITERS problems.")
-flags.DEFINE_string("backends", "jax,faiss,sklearn", "Which backends to run.")
+flags.DEFINE_string("backends", "jax,auto,faiss,sklearn", "Which backends to run.")
+flags.DEFINE_list("precisions", ["highest"], "The jax backend's clustering.precision values.")
 flags.DEFINE_string("pca", "100000x4096x256", "NxDxDIM PCA-whitening problem ('' to skip).")
 flags.DEFINE_string("json", "", "Write the rows as a JSON list here.")
 flags.DEFINE_string("blas_coretype", "best", "'best', 'inherit', or an OPENBLAS_CORETYPE value.")
@@ -57,8 +59,12 @@ def make_data(n: int, d: int, seed: int = 0, centers: int = 2000) -> np.ndarray:
     return x
 
 
-def initial_centroids(x: np.ndarray, k: int, seed: int = 1) -> np.ndarray:
-    idx = np.sort(np.random.default_rng(seed).choice(len(x), size=k, replace=False))
+INIT_SEED = 1
+
+
+def initial_centroids(x: np.ndarray, k: int) -> np.ndarray:
+    """k rows of x: the rows `dcjax.clustering.kmeans.init_centroids(x, k, INIT_SEED)` picks."""
+    idx = np.sort(np.random.default_rng(INIT_SEED).choice(len(x), size=k, replace=False))
     return x[idx].copy()
 
 
@@ -88,10 +94,24 @@ def run_child(spec: dict) -> dict:
         if backend == "jax":
             from dcjax.clustering.kmeans import kmeans
 
-            kmeans(x, k, iterations=1, initial_centroids=init)  # compile on these shapes
+            precision = spec.get("precision", "highest")
+            # compile on these shapes
+            kmeans(x, k, iterations=1, initial_centroids=init, precision=precision)
             t = time.perf_counter()
-            result = kmeans(x, k, iterations=iters, initial_centroids=init)
+            result = kmeans(x, k, iterations=iters, initial_centroids=init, precision=precision)
             seconds, objective = time.perf_counter() - t, float(result.objective[-1])
+            row.update(precision=precision, rescored=result.rescored_share)
+        elif backend == "auto":
+            from dcjax.clustering import choose_backend, run_kmeans
+
+            chosen = choose_backend(n, d)[0]
+            if chosen == "jax":
+                run_kmeans(x, k, iterations=1, seed=INIT_SEED)  # compile on these shapes
+            t = time.perf_counter()
+            # The same initial rows as `init` (run_kmeans starts from init_centroids(x, k, seed)).
+            result = run_kmeans(x, k, backend="auto", iterations=iters, seed=INIT_SEED)
+            seconds, objective = time.perf_counter() - t, float(result.objective[-1])
+            row.update(backend=f"auto ({chosen})")
         elif backend == "faiss":
             from dcjax.clustering.faiss_backend import kmeans_faiss
 
@@ -176,14 +196,17 @@ def main(argv):
                 continue
             if backend == "faiss" and 0 < FLAGS.faiss_max_iters < iters:
                 continue
-            rows.append(measure(dict(kind="kmeans", backend=backend, n=n, d=d, k=k, iters=iters)))
+            for precision in FLAGS.precisions if backend == "jax" else [None]:
+                spec = dict(kind="kmeans", backend=backend, n=n, d=d, k=k, iters=iters)
+                rows.append(measure(spec if precision is None else dict(spec, precision=precision)))
     if FLAGS.pca:
         n, d, dim = (int(v) for v in FLAGS.pca.split("x"))
         for backend in [b for b in backends if b in ("jax", "faiss")]:
             rows.append(measure(dict(kind="pca", backend=backend, n=n, d=d, dim=dim)))
 
-    print("\n| task | N | d | k / dim | iters | backend | seconds | vs faiss | objective | "
-          "obj / faiss | peak RSS MB | BLAS |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| task | N | d | k / dim | iters | backend | precision | seconds | vs faiss | objective "
+          "| obj / faiss | rescored | peak RSS MB | BLAS |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         ref = next((r for r in rows if r["backend"] == "faiss" and r["kind"] == row["kind"]
                     and r["n"] == row["n"] and r.get("k") == row.get("k")
@@ -196,9 +219,11 @@ def main(argv):
         secs = f"{row['seconds']:.2f}" if row.get("seconds") else f"failed: {row.get('error')}"
         objective = f"{row['objective']:.6g}" if row.get("objective") else "-"
         rss = f"{row['peak_rss_mb']:,.0f}" if row.get("peak_rss_mb") else "-"
+        rescored = f"{row['rescored']:.2%}" if row.get("rescored") is not None else "-"
         print(f"| {row['kind']} | {row['n']:,} | {row['d']} | {row.get('k', '-')} | "
-              f"{row.get('iters', '-')} | {row['backend']} | {secs} | {speed} | {objective} | "
-              f"{obj} | {rss} | {row.get('blas', '-')} |")
+              f"{row.get('iters', '-')} | {row['backend']} | {row.get('precision') or '-'} | "
+              f"{secs} | {speed} | {objective} | {obj} | {rescored} | {rss} | "
+              f"{row.get('blas', '-')} |")
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:
             json.dump(rows, f, indent=1)

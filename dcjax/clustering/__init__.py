@@ -10,46 +10,113 @@ import numpy as np
 from jax.sharding import Mesh
 
 from dcjax.clustering.faiss_backend import faiss_available, kmeans_faiss
-from dcjax.clustering.kmeans import PRECISIONS, KMeansResult, assign, kmeans, to_host
+from dcjax.clustering.kmeans import (
+    PRECISION_NAMES,
+    PRECISIONS,
+    KMeansResult,
+    assign,
+    check_precision,
+    init_centroids,
+    kmeans,
+    to_host,
+)
 from dcjax.clustering.pca import PCA, apply_pca, fit_pca, pca_whiten
 from dcjax.clustering.sampler import natural_sampler, sample_epoch, uniform_label_sampler
 
 BACKENDS = ("jax", "faiss", "auto")
 
 
-def run_kmeans(features, k: int, *, backend: str = "jax", iterations: int = 20, seed: int = 0,
+def run_kmeans(features, k: int, *, backend: str = "auto", iterations: int = 20, seed: int = 0,
                chunk_size: int = 8192, mesh: Mesh | None = None, valid: np.ndarray | None = None,
                verbose: bool = False, precision: str = "highest",
                on_iteration: Callable[[int, int], None] | None = None) -> KMeansResult:
-    """k-means with the chosen backend. 'auto' runs JAX and, only if JAX cannot run it (a device
-    runtime error such as running out of memory), falls back to faiss and logs why. `valid` [N]
-    bool restricts clustering to those rows (the others get assignment -1). `precision`: the JAX
-    backend's distance matmul (kmeans.PRECISIONS). `on_iteration(done, total)` runs after each
-    JAX iteration, and once after faiss (which cannot be stopped in its middle)."""
+    """k-means with the chosen backend, from the same k initial rows (`init_centroids(features, k,
+    seed, valid)`) whichever runs. 'auto' picks one by `choose_backend` and logs the choice and
+    why; if the JAX k-means it picked cannot run (a device runtime error such as running out of
+    memory) it falls back to faiss and logs why. `valid` [N] bool restricts clustering to those
+    rows (the others get assignment -1). `precision`: the JAX backend's distance computation
+    (kmeans.PRECISION_NAMES). `on_iteration(done, total)` runs after each JAX iteration, and once
+    after faiss (which cannot be stopped in its middle)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown k-means backend {backend!r}; use one of {BACKENDS}")
-    if backend == "faiss":
-        result = _faiss(features, k, iterations, seed, valid, verbose)
+    check_precision(precision, mesh)  # whichever backend runs
+    chosen = backend
+    if backend == "auto":
+        across = isinstance(features, jax.Array) and not features.is_fully_addressable
+        chosen, reason = choose_backend(*features.shape, mesh=mesh, across_processes=across)
+        _log_once(f"k-means backend 'auto': {chosen} ({reason})")
+    if chosen == "faiss":  # faiss' per-iteration lines only when asked for by name
+        result = _faiss(features, k, iterations, seed, valid, verbose and backend == "faiss")
         if on_iteration is not None:
             on_iteration(iterations, iterations)
         return result
     try:
-        return kmeans(features, k, iterations=iterations, seed=seed, chunk_size=chunk_size,
-                      mesh=mesh, valid=valid, verbose=verbose, precision=precision,
-                      on_iteration=on_iteration)
+        result = kmeans(features, k, iterations=iterations, seed=seed, chunk_size=chunk_size,
+                        mesh=mesh, valid=valid, verbose=verbose, precision=precision,
+                        on_iteration=on_iteration)
     except (jax.errors.JaxRuntimeError, MemoryError) as e:
         if backend == "jax" or not faiss_available():
             raise
         logging.warning("JAX k-means could not run (%s: %s); falling back to faiss",
                         type(e).__name__, str(e).splitlines()[0] if str(e) else "")
         return _faiss(features, k, iterations, seed, valid, verbose)
+    if precision == "exact_fast":
+        logging.info("k-means exact_fast: %.2f%% of row assignments re-scored in float32",
+                     100.0 * result.rescored_share)
+    return result
+
+
+def choose_backend(n: int, d: int, *, mesh: Mesh | None = None,
+                   across_processes: bool = False) -> tuple[str, str]:
+    """What backend='auto' runs on N x D features, and why: faiss on a CPU-only host where it is
+    installed and a host copy of the features fits in available memory (faiss' BLAS is the faster
+    k-means on CPUs, docs/benchmarks.md); the JAX k-means on accelerators and whenever the
+    features are sharded across processes (faiss sees one process's memory)."""
+    devices = mesh.devices.flat if mesh is not None else jax.devices()
+    platform = next(iter(devices)).platform
+    if platform != "cpu":
+        return "jax", f"the devices are {platform}s"
+    if across_processes:
+        return "jax", f"the features are sharded across {jax.process_count()} processes"
+    if not faiss_available():
+        return "jax", "faiss is not installed"
+    need = n * d * 4 + n * 16  # a float32 host copy, faiss' labels and distances
+    have = available_memory()
+    if have is not None and need > 0.8 * have:
+        return "jax", (f"a host copy of the features ({need / 2**30:.1f} GiB) does not fit in "
+                       f"the available memory ({have / 2**30:.1f} GiB)")
+    return "faiss", "CPU devices only and faiss is installed: the faster k-means on CPUs"
+
+
+def available_memory() -> int | None:
+    """Bytes of host memory available to a new allocation (Linux' MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+_logged: set[str] = set()
+
+
+def _log_once(message: str) -> None:
+    if message not in _logged:
+        _logged.add(message)
+        logging.info(message)
 
 
 def _faiss(features, k, iterations, seed, valid, verbose) -> KMeansResult:
+    init = init_centroids(features, k, seed, valid)  # the JAX backend's starting rows
     x = features if isinstance(features, np.ndarray) else to_host(features)
     if valid is None:
-        return kmeans_faiss(x, k, iterations=iterations, seed=seed, verbose=verbose)
-    result = kmeans_faiss(x[valid], k, iterations=iterations, seed=seed, verbose=verbose)
+        return kmeans_faiss(x, k, iterations=iterations, seed=seed, initial_centroids=init,
+                            verbose=verbose)
+    result = kmeans_faiss(x[valid], k, iterations=iterations, seed=seed, initial_centroids=init,
+                          verbose=verbose)
     assignment = np.full(len(x), -1, np.int32)
     assignment[valid] = result.assignment
     result.assignment = assignment
@@ -57,7 +124,7 @@ def _faiss(features, k, iterations, seed, valid, verbose) -> KMeansResult:
 
 
 __all__ = [
-    "BACKENDS", "KMeansResult", "PCA", "PRECISIONS", "apply_pca", "assign", "faiss_available", "fit_pca",
-    "kmeans", "kmeans_faiss", "natural_sampler", "pca_whiten", "run_kmeans", "sample_epoch",
-    "uniform_label_sampler",
+    "BACKENDS", "KMeansResult", "PCA", "PRECISION_NAMES", "PRECISIONS", "apply_pca", "assign",
+    "choose_backend", "faiss_available", "fit_pca", "kmeans", "kmeans_faiss", "natural_sampler",
+    "pca_whiten", "run_kmeans", "sample_epoch", "uniform_label_sampler",
 ]

@@ -3,9 +3,10 @@
 Lloyd iterations from k distinct random points. Each iteration, on the rows each device holds:
   1. assign every row to its nearest centroid by `||c||^2 - 2 x.c` (matmul at float32 accuracy:
      `precision='highest'`, or an accelerator's tensor-core algorithm that keeps float32 inputs
-     and accumulation, `PRECISIONS`), `chunk` rows at a time, so at most chunk x k scores exist
-     per device and no N x k array exists anywhere; the objective is the sum of squared distances
-     of this assignment;
+     and accumulation, `PRECISIONS`; or `'exact_fast'`, one bfloat16 pass plus float32 re-scoring
+     of the rows it cannot decide, whose assignment is `'highest'`'s, see `_nearest_exact_fast`),
+     `chunk` rows at a time, so at most chunk x k scores exist per device and no N x k array
+     exists anywhere; the objective is the sum of squared distances of this assignment;
   2. split empty clusters: while a cluster is empty, choose a donor with probability proportional
      to (size - 1), replace the two centroids by the donor's times (1 + eps) and (1 - eps) in
      alternating coordinates (eps = 1/1024, faiss' `split_clusters`), and give the empty cluster the
@@ -44,10 +45,14 @@ PRECISIONS = {
 }
 
 
+# Every value of `precision`: the matmul algorithms above, and 'exact_fast' (`_nearest_exact_fast`).
+PRECISION_NAMES = (*PRECISIONS, "exact_fast")
+
+
 def check_precision(precision: str, mesh: Mesh | None = None) -> None:
     """ValueError for an unknown name, or a TF32 algorithm where the devices are not GPUs."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"k-means precision {precision!r} must be one of {tuple(PRECISIONS)}")
+    if precision not in PRECISION_NAMES:
+        raise ValueError(f"k-means precision {precision!r} must be one of {PRECISION_NAMES}")
     platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
     if precision.startswith("tf32") and platform != "gpu":
         raise ValueError(f"k-means precision {precision!r} needs GPU devices (these are "
@@ -60,27 +65,114 @@ class KMeansResult:
     assignment: np.ndarray  # [N] int32
     objective: np.ndarray  # [iterations]: sum of squared distances at each assignment step
     splits: np.ndarray  # [iterations]: empty clusters split in each iteration
+    # [iterations]: rows whose assignment was re-scored in float32 ('exact_fast'; else zeros)
+    rescored: np.ndarray | None = None
 
     @property
     def num_splits(self) -> int:
         return int(self.splits.sum())
 
+    @property
+    def rescored_share(self) -> float:
+        """Share of the clustered rows re-scored in float32, over all iterations (0 unless
+        precision='exact_fast')."""
+        if self.rescored is None or not len(self.rescored):
+            return 0.0
+        rows = int(np.sum(self.assignment >= 0))
+        return float(np.sum(self.rescored)) / max(1, rows * len(self.rescored))
+
+
+def _highest_chunk(xc, centroids, c_sq, algorithm=HIGHEST):
+    """One chunk of rows [chunk, D] -> (nearest centroid, squared distance) with the given matmul."""
+    scores = c_sq[None, :] - 2.0 * jnp.dot(xc, centroids.T, precision=algorithm,
+                                           preferred_element_type=jnp.float32)  # [chunk, k]
+    best = jnp.argmin(scores, axis=1).astype(jnp.int32)
+    dist = jnp.min(scores, axis=1) + jnp.sum(xc * xc, axis=1)
+    return best, jnp.maximum(dist, 0.0)
+
 
 def _nearest(x, centroids, chunk: int, precision: str = "highest"):
-    """Local rows [n, D] -> (nearest centroid [n] int32, squared distance [n]), chunk rows at a time."""
+    """Local rows [n, D] -> (nearest centroid [n] int32, squared distance [n], rows re-scored [n]
+    bool), chunk rows at a time."""
+    if precision == "exact_fast":
+        return _nearest_exact_fast(x, centroids, chunk)
     n, d = x.shape
     c_sq = jnp.sum(centroids * centroids, axis=1)
     algorithm = PRECISIONS[precision]
+    best, dist = lax.map(lambda xc: _highest_chunk(xc, centroids, c_sq, algorithm),
+                         x.reshape(n // chunk, chunk, d))
+    return best.reshape(n), dist.reshape(n), jnp.zeros((n,), bool)
+
+
+# Unit roundoff of float32 and bfloat16 (round to nearest).
+_U32, _U16 = 2.0 ** -24, 2.0 ** -8
+
+
+def _nearest_exact_fast(x, centroids, chunk: int):
+    """`_nearest(..., 'highest')`'s assignment at the cost of one bfloat16 matmul plus a float32
+    re-scoring of the rows that pass cannot decide (docs/design.md, "exact_fast").
+
+    1. Every score `||c_j||^2 - 2 x.c_j` is computed once with bfloat16 operands and float32
+       accumulation; each row keeps its best (b) and second-best scores.
+    2. Bound, per row, how far a score of that pass (E_low) and one of the float32 pass (E_hi) can
+       be from the exact value, from the operands' norms alone (the rounding errors dx = x - bf16(x)
+       and dc_j = c_j - bf16(c_j) are exact in float32):
+         |x.c - bf16(x).bf16(c)| <= ||dx|| max||c|| + ||bf16(x)|| max||dc||,
+       float32 accumulation of D products <= g ||x|| max||c|| with g = 2 D u32 (twice the usual
+       bound: it also covers accumulators that truncate, as tensor cores may), and the final
+       subtraction's rounding <= u32 (max||c||^2 + 2 ||x|| max||c||).
+    3. If the gap between the second-best and best scores exceeds 2 (E_low + E_hi), every other
+       score is above b's in exact arithmetic by more than 2 E_hi, so the float32 pass picks b
+       too, with no tie: b is the assignment. Its squared distance is computed in float32.
+    4. The other rows are gathered `chunk` at a time and scored by exactly the float32 pass of
+       `'highest'` (same function, same shapes), so their results are its results bit for bit,
+       ties broken the same way (lowest index). Only these rows pay for a float32 matmul.
+    On CPU the bfloat16 pass runs as an emulation (correct, not faster); it is for accelerators.
+    """
+    n, d = x.shape
+    c_sq = jnp.sum(centroids * centroids, axis=1)
+    c16 = centroids.astype(jnp.bfloat16)
+    c16f = c16.astype(jnp.float32)
+    c_max = jnp.sqrt(jnp.max(c_sq))
+    c16_max = jnp.sqrt(jnp.max(jnp.sum(c16f * c16f, axis=1)))
+    dc_max = jnp.sqrt(jnp.max(jnp.sum((centroids - c16f) ** 2, axis=1)))
+    csq_max = jnp.max(c_sq)
+    g = 2.0 * d * _U32
+    safety = 1.01  # the norms above are themselves rounded (relative error ~ D u32)
 
     def one_chunk(xc):
-        scores = c_sq[None, :] - 2.0 * jnp.dot(xc, centroids.T, precision=algorithm,
-                                               preferred_element_type=jnp.float32)  # [chunk, k]
+        x16 = xc.astype(jnp.bfloat16)
+        x16f = x16.astype(jnp.float32)
+        scores = c_sq[None, :] - 2.0 * jnp.dot(x16, c16.T, preferred_element_type=jnp.float32)
         best = jnp.argmin(scores, axis=1).astype(jnp.int32)
-        dist = jnp.min(scores, axis=1) + jnp.sum(xc * xc, axis=1)
-        return best, jnp.maximum(dist, 0.0)
+        first = jnp.min(scores, axis=1)
+        others = jnp.where(jnp.arange(scores.shape[1])[None, :] == best[:, None], jnp.inf, scores)
+        gap = jnp.min(others, axis=1) - first  # inf when k = 1
+        x_sq = jnp.sum(xc * xc, axis=1)
+        xn, x16n = jnp.sqrt(x_sq), jnp.sqrt(jnp.sum(x16f * x16f, axis=1))
+        dxn = jnp.sqrt(jnp.sum((xc - x16f) ** 2, axis=1))
+        e_low = (2.0 * (dxn * c_max + x16n * dc_max + g * x16n * c16_max)
+                 + _U32 * (csq_max + 2.0 * x16n * c16_max))
+        e_hi = 2.0 * g * xn * c_max + _U32 * (csq_max + 2.0 * xn * c_max)
+        rescore = ~(gap > 2.0 * safety * (e_low + e_hi))
+        cb = centroids[best]
+        dist = c_sq[best] - 2.0 * jnp.sum(xc * cb, axis=1) + x_sq
+        return best, jnp.maximum(dist, 0.0), rescore
 
-    best, dist = lax.map(one_chunk, x.reshape(n // chunk, chunk, d))
-    return best.reshape(n), dist.reshape(n)
+    best, dist, rescore = lax.map(one_chunk, x.reshape(n // chunk, chunk, d))
+    best, dist, rescore = best.reshape(n), dist.reshape(n), rescore.reshape(n)
+    # The undecided rows' indices first (in row order), then n as padding.
+    idx = jnp.nonzero(rescore, size=n, fill_value=n)[0].astype(jnp.int32)
+    rounds = (jnp.sum(rescore.astype(jnp.int32)) + chunk - 1) // chunk
+
+    def body(i, carry):
+        best, dist = carry
+        rows = lax.dynamic_slice(idx, (i * chunk,), (chunk,))
+        b, dd = _highest_chunk(jnp.take(x, rows, axis=0, mode="clip"), centroids, c_sq)
+        return best.at[rows].set(b, mode="drop"), dist.at[rows].set(dd, mode="drop")
+
+    best, dist = lax.fori_loop(0, rounds, body, (best, dist))
+    return best, dist, rescore
 
 
 def _global_rank(member):
@@ -133,25 +225,26 @@ def _lloyd_iteration(x, mask, centroids, key, *, mesh: Mesh, chunk: int, precisi
     rows, rep = PartitionSpec(AXIS), PartitionSpec()
 
     def local(x, mask, centroids, key):
-        assign, dist = _nearest(x, centroids, chunk, precision)
+        assign, dist, rescore = _nearest(x, centroids, chunk, precision)
         assign = jnp.where(mask, assign, k)  # padding rows go to an extra bucket k
         objective = lax.psum(jnp.sum(jnp.where(mask, dist, 0.0)), AXIS)
+        rescored = lax.psum(jnp.sum((rescore & mask).astype(jnp.int32)), AXIS)
         ones = mask.astype(jnp.int32)
         counts = lax.psum(jax.ops.segment_sum(ones, assign, k + 1)[:k], AXIS)
         assign, centroids, counts, nsplit = _split_empty(x, assign, centroids, counts, key)
         sums = lax.psum(jax.ops.segment_sum(x, assign, k + 1)[:k], AXIS)
         means = sums / jnp.maximum(counts, 1)[:, None].astype(sums.dtype)
         centroids = jnp.where((counts > 0)[:, None], means, centroids)
-        return centroids, assign, objective, nsplit
+        return centroids, assign, objective, nsplit, rescored
 
     return jax.shard_map(local, mesh=mesh, in_specs=(rows, rows, rep, rep),
-                         out_specs=(rep, rows, rep, rep))(x, mask, centroids, key)
+                         out_specs=(rep, rows, rep, rep, rep))(x, mask, centroids, key)
 
 
 @functools.partial(jax.jit, static_argnames=("mesh", "chunk", "precision"))
 def _assign_only(x, centroids, *, mesh: Mesh, chunk: int, precision: str):
     rows, rep = PartitionSpec(AXIS), PartitionSpec()
-    return jax.shard_map(lambda x, c: _nearest(x, c, chunk, precision), mesh=mesh,
+    return jax.shard_map(lambda x, c: _nearest(x, c, chunk, precision)[:2], mesh=mesh,
                          in_specs=(rows, rep),
                          out_specs=(rows, rows))(x, centroids)
 
@@ -215,16 +308,17 @@ def kmeans(features, k: int, *, iterations: int = 20, seed: int = 0, chunk_size:
         centroids = np.asarray(initial_centroids, np.float32)
     x, mask, mesh, chunk = shard_rows(features, chunk_size, mesh, valid)
     key = jax.random.key(seed)
-    objective, splits = [], []
+    objective, splits, rescored = [], [], []
     from tqdm import tqdm
 
     for it in tqdm(range(iterations), desc="k-means", disable=None if verbose else True,
                    leave=False):
-        centroids, assign, obj, nsplit = _lloyd_iteration(
+        centroids, assign, obj, nsplit, nrescored = _lloyd_iteration(
             x, mask, centroids, jax.random.fold_in(key, it), mesh=mesh, chunk=chunk,
             precision=precision)
         objective.append(obj)
         splits.append(nsplit)
+        rescored.append(nrescored)
         if on_iteration is not None:
             jax.block_until_ready(obj)
             on_iteration(it + 1, iterations)
@@ -233,7 +327,8 @@ def kmeans(features, k: int, *, iterations: int = 20, seed: int = 0, chunk_size:
     return KMeansResult(centroids=np.asarray(centroids),
                         assignment=assignment,
                         objective=np.asarray(jax.device_get(objective), np.float64),
-                        splits=np.asarray(jax.device_get(splits), np.int64))
+                        splits=np.asarray(jax.device_get(splits), np.int64),
+                        rescored=np.asarray(jax.device_get(rescored), np.int64))
 
 
 def assign(features, centroids, *, chunk_size: int = 8192, mesh: Mesh | None = None,
