@@ -18,6 +18,7 @@ from dcjax.clustering.kmeans import PRECISION_NAMES
 from dcjax.clustering.sampler import SAMPLERS
 from dcjax.evaluate.knn import WEIGHTS as KNN_WEIGHTS
 from dcjax.models import ARCHITECTURES
+from dcjax.view_cache import MODES as VIEW_CACHE_MODES
 
 LINEAR_VIEWS = ("augmented", "translate", "center")  # config.eval.linear_views
 LINEAR_SCHEDULES = ("cosine", "reference")  # config.eval.linear_schedule
@@ -43,6 +44,7 @@ RESUMABLE = (
     "num_epochs", "checkpoint_every_steps", "keep_checkpoints", "log_every_steps",
     "pixel_baseline", "visualize_every_epochs", "eval_every_epochs",
     "data.data_dir", "data.eval_split", "data.num_threads", "data.num_workers", "data.prefetch",
+    "data.view_cache", "data.view_cache_dir", "data.view_cache_share",
     "clustering.backend", "clustering.chunk_size", "clustering.precision",
     "eval.batch_size", "eval.linear_epochs", "eval.linear_lr", "eval.linear_schedule",
     "eval.linear_momentum", "eval.linear_weight_decay", "eval.linear_normalize", "eval.crop_scale",
@@ -80,6 +82,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_threads = 8  # grain threads per process (each builds whole batches)
     c.data.num_workers = 0  # grain worker processes per host (0: threads only)
     c.data.prefetch = 8  # batches
+    # The deterministic view, decoded once and read back at every later extraction (dcjax/view_cache.py):
+    # 'auto' (device memory, else host memory, else disk), 'device', 'host', 'disk' or 'off'.
+    c.data.view_cache = "auto"
+    c.data.view_cache_dir = ""  # the disk cache's folder; '' -> WORKDIR/view_cache
+    c.data.view_cache_share = 0.25  # at most this share of device (or host) memory
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "alexnet"
@@ -242,6 +249,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
              "a bf16 one")
     _require(cl.sampler in SAMPLERS, f"config.clustering.sampler={cl.sampler!r} must be one of "
              f"{SAMPLERS}")
+    _require(config.data.view_cache in VIEW_CACHE_MODES, f"config.data.view_cache="
+             f"{config.data.view_cache!r} must be one of {VIEW_CACHE_MODES}")
+    share = config.data.view_cache_share
+    _require(_finite(share) and 0 < share <= 1, f"config.data.view_cache_share={share!r} must be "
+             f"in (0, 1]")
     _require(cl.pca_dim <= m.fc_dim, f"config.clustering.pca_dim={cl.pca_dim} exceeds the "
              f"feature dimension config.model.fc_dim={m.fc_dim}")
     for key in ("lr", "head_lr"):

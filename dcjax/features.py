@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from dcjax.clustering.kmeans import to_host
 from dcjax.data import pipeline
 from dcjax.sharding import AXIS, rows
+from dcjax.view_cache import ViewCache
 
 
 @dataclasses.dataclass
@@ -98,24 +99,51 @@ def _zeros(shape: tuple, sharding: NamedSharding, dtype=jnp.float32):
 def extract(feature_fn: Callable, variables: tuple, source: Any, view: pipeline.ViewConfig,
             batch: int, dim: int, mesh: Mesh, loader_options: dict, write_rows: Callable | None = None,
             desc: str = "features", dtype=jnp.float32,
-            on_batch: Callable[[int, int], None] | None = None) -> Features:
+            on_batch: Callable[[int, int], None] | None = None,
+            cache: ViewCache | None = None) -> Features:
     """`feature_fn(*variables, images) -> [B, dim]` over every image of `source`, sharded rows
-    (stored as `dtype`). `on_batch(done, total)` runs after each batch (it may raise to stop)."""
+    (stored as `dtype`). `on_batch(done, total)` runs after each batch (it may raise to stop).
+    With a `cache`, the decoded view is kept (first call) or read back (later calls with the same
+    data, view, batch and process layout): the network gets the same arrays either way."""
     ndev, n = mesh.devices.size, len(source)
     nb = math.ceil(n / batch)
     rows_sharding = rows(mesh)
     write_rows = write_rows or write_rows_fn(mesh)
     buffer = _zeros((nb * batch, dim), rows_sharding, jnp.dtype(dtype))()
     labels_local, index_local = [], []
-    for b, host_batch in enumerate(progress(pipeline.ordered_batches(source, view, batch,
-                                                                     **loader_options),
-                                            total=nb, desc=desc)):
-        images = jax.make_array_from_process_local_data(rows_sharding, host_batch["image"])
-        buffer = write_rows(buffer, feature_fn(*variables, images), b)
-        labels_local.append(host_batch["label"])
-        index_local.append(host_batch["index"])
-        if on_batch is not None:
-            on_batch(b + 1, nb)
+    per_host = batch // loader_options.get("process_count", 1)
+    key = cache.key(view, batch, nb, per_host, mesh) if cache is not None else None
+    built = cache.lookup(key) if cache is not None else None
+    if built is not None:
+        for b in progress(range(nb), total=nb, desc=f"{desc} (cached view)"):
+            images = built.images[b]
+            if not isinstance(images, jax.Array):
+                images = jax.make_array_from_process_local_data(rows_sharding, np.asarray(images))
+            buffer = write_rows(buffer, feature_fn(*variables, images), b)
+            labels_local.append(built.label[b])
+            index_local.append(built.index[b])
+            if on_batch is not None:
+                on_batch(b + 1, nb)
+    else:
+        if cache is not None:
+            cache.begin(key, (per_host, view.image_size, view.image_size, 3), mesh)
+        try:
+            batches = pipeline.ordered_batches(source, view, batch, **loader_options)
+            for b, host_batch in enumerate(progress(batches, total=nb, desc=desc)):
+                images = jax.make_array_from_process_local_data(rows_sharding, host_batch["image"])
+                buffer = write_rows(buffer, feature_fn(*variables, images), b)
+                labels_local.append(host_batch["label"])
+                index_local.append(host_batch["index"])
+                if cache is not None:
+                    cache.put(b, host_batch, images)
+                if on_batch is not None:
+                    on_batch(b + 1, nb)
+        except BaseException:
+            if cache is not None:
+                cache.abandon()
+            raise
+        if cache is not None:
+            cache.finish()
     # Every process has the same number of rows (padding included), so they gather evenly.
     index = all_processes(np.concatenate(index_local))
     labels = np.empty(n, np.int32)

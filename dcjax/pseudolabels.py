@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 from dcjax.clustering import PCA, apply_pca, assign, pca_whiten, run_kmeans
 from dcjax.data import pipeline
 from dcjax.features import Features, extract
+from dcjax.view_cache import ViewCache
 
 Poll = Callable[[int, int], None]
 
@@ -73,9 +74,11 @@ def cluster_network(config: ml_collections.ConfigDict, feature_fn: Callable, var
                     source: Any, mesh: Mesh, seed: int, *, write_rows: Callable | None = None,
                     on_batch: Poll | None = None, after_pca: Callable[[], None] | None = None,
                     on_iteration: Poll | None = None, nearest: bool = False,
-                    keep_features: bool = False, verbose: bool = False) -> Clustering:
+                    keep_features: bool = False, verbose: bool = False,
+                    cache: ViewCache | None = None) -> Clustering:
     """extract -> pca_whiten -> kmeans on `source` with `config`'s model geometry and clustering.
 
+    `cache` keeps the decoded deterministic view between calls (`dcjax.view_cache`).
     `on_batch(done, total)` runs after each extraction batch, `after_pca()` once PCA is done and
     `on_iteration(done, total)` after each k-means iteration (each may raise to stop). With
     `nearest`, each image's nearest final centroid and distance are computed too; with
@@ -84,7 +87,8 @@ def cluster_network(config: ml_collections.ConfigDict, feature_fn: Callable, var
     c = config
     t0 = time.time()
     f = extract(feature_fn, variables, source, pipeline.view_config(c), c.batch_size,
-                c.model.fc_dim, mesh, pipeline.loader_options(c), write_rows, on_batch=on_batch)
+                c.model.fc_dim, mesh, pipeline.loader_options(c), write_rows, on_batch=on_batch,
+                cache=cache)
     jax.block_until_ready(f.rows)
     t1 = time.time()
     reduced, pca = pca_whiten(f.rows, c.clustering.pca_dim, chunk_size=c.clustering.chunk_size,

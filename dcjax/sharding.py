@@ -1,6 +1,7 @@
 """The device mesh and its shardings, for every layer above: one 1-D 'data' axis over every device
 of every process; `rows(mesh)` splits an array's first axis over it, `replicated(mesh)` copies it
-to each device. Also the row-sharding of [N, D] feature matrices and their input checks."""
+to each device. Also the row-sharding of [N, D] feature matrices and their input checks, and the
+host's available memory (for choices of where data goes)."""
 
 from __future__ import annotations
 
@@ -121,3 +122,15 @@ def shard_rows(x, chunk_size: int, mesh: Mesh | None = None, valid: np.ndarray |
     if n_pad == n and x.dtype == jnp.float32 and x.sharding.is_equivalent_to(sharding, 2):
         return x, put(mask, sharding), mesh, chunk
     return _pad_rows(n_pad, sharding)(x), put(mask, sharding), mesh, chunk
+
+
+def available_memory() -> int | None:
+    """Bytes of host memory available to a new allocation (Linux' MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -57,6 +57,7 @@ from dcjax.pseudolabels import Clustering, cluster_network, clustering_seed
 from dcjax.sharding import AXIS, default_mesh
 from dcjax.step import TrainState, create_train_state, make_feature_fn, make_train_step, reset_head
 from dcjax.stopping import Diverged, Interrupted, StopSignal
+from dcjax.view_cache import ViewCache, files_fingerprint
 from dcjax.workdir import WorkdirError, WorkdirLock, check_workdir, create_workdir
 from dcjax.writers import MetricWriter
 
@@ -78,6 +79,7 @@ class Run:
     write_rows: Any
     eval_source: Any = None  # the held-out split, when evaluators run during training
     evaluators: dict = dataclasses.field(default_factory=dict)  # name -> periodic Evaluator
+    view_cache: ViewCache | None = None  # the train split's deterministic view, decoded once
     stop: StopSignal = dataclasses.field(default_factory=StopSignal)
 
     @property
@@ -192,12 +194,17 @@ def extract_and_cluster(run: Run, state: TrainState, epoch: int, *, nearest: boo
                         keep_features: bool = False) -> Clustering:
     """extract_features (eval mode, deterministic view) -> pca_whiten -> kmeans of the network as
     `epoch` begins (dcjax.pseudolabels), stoppable by a signal in every phase."""
-    return cluster_network(run.config, run.feature_fn, (state.params, state.batch_stats),
-                           run.source, run.mesh, clustering_seed(run.config, epoch),
-                           write_rows=run.write_rows, on_batch=_extract_poll(run),
-                           after_pca=_after_pca(run), on_iteration=_kmeans_poll(run),
-                           nearest=nearest, keep_features=keep_features,
-                           verbose=jax.process_index() == 0)
+    result = cluster_network(run.config, run.feature_fn, (state.params, state.batch_stats),
+                             run.source, run.mesh, clustering_seed(run.config, epoch),
+                             write_rows=run.write_rows, on_batch=_extract_poll(run),
+                             after_pca=_after_pca(run), on_iteration=_kmeans_poll(run),
+                             nearest=nearest, keep_features=keep_features,
+                             verbose=jax.process_index() == 0, cache=run.view_cache)
+    if run.view_cache is not None:
+        for line in run.view_cache.take_log():
+            if jax.process_index() == 0:
+                print(line)
+    return result
 
 
 def cluster(run: Run, state: TrainState, epoch: int, previous: np.ndarray | None, *,
@@ -342,9 +349,16 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
                               f"config.data.eval_split of {config.data.name!r}")
         eval_source, _ = open_split(config.data.name, config.data.eval_split,
                                     config.data.data_dir or None)
+    d = config.data
+    view_cache = ViewCache(
+        d.view_cache, directory=d.view_cache_dir or Path(workdir) / "view_cache",
+        share=d.view_cache_share,
+        dataset={"name": d.name, "split": d.train_split,
+                 "files": files_fingerprint(info.split_files.get(d.train_split, ()))})
     return Run(config=config, workdir=Path(workdir), mesh=mesh, source=source, info=info,
                model=model, train_step=train_step, feature_fn=feature_fn,
-               write_rows=write_rows_fn(mesh), eval_source=eval_source, evaluators=periodic)
+               write_rows=write_rows_fn(mesh), eval_source=eval_source, evaluators=periodic,
+               view_cache=view_cache)
 
 
 def initial_state(run: Run) -> TrainState:

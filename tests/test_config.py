@@ -46,6 +46,8 @@ def test_imagenet_config_is_the_papers_setup():
     ("data.data_dir", "/no/such/dir", "config.data.data_dir='/no/such/dir' is not a directory"),
     ("optim.lr", -1.0, "config.optim.lr=-1.0 must be a positive finite number"),
     ("clustering.pca_dim", 4096, "config.clustering.pca_dim=4096 exceeds"),
+    ("data.view_cache", "ram", "config.data.view_cache='ram' must be one of"),
+    ("data.view_cache_share", 1.5, "config.data.view_cache_share=1.5 must be in (0, 1]"),
 ])
 def test_bad_values_name_the_field(field, value, message):
     c = digits()

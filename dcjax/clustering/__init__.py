@@ -22,6 +22,7 @@ from dcjax.clustering.kmeans import (
 )
 from dcjax.clustering.pca import PCA, apply_pca, fit_pca, pca_whiten
 from dcjax.clustering.sampler import natural_sampler, sample_epoch, uniform_label_sampler
+from dcjax.sharding import available_memory
 
 BACKENDS = ("jax", "faiss", "auto")
 
@@ -86,18 +87,6 @@ def choose_backend(n: int, d: int, *, mesh: Mesh | None = None,
         return "jax", (f"a host copy of the features ({need / 2**30:.1f} GiB) does not fit in "
                        f"the available memory ({have / 2**30:.1f} GiB)")
     return "faiss", "CPU devices only and faiss is installed: the faster k-means on CPUs"
-
-
-def available_memory() -> int | None:
-    """Bytes of host memory available to a new allocation (Linux' MemAvailable), or None."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 _logged: set[str] = set()

@@ -30,6 +30,7 @@ class DatasetInfo:
     class_names: tuple[str, ...]
     split_sizes: dict[str, int]
     path: str
+    split_files: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -90,8 +91,10 @@ def dataset_info(builder) -> DatasetInfo:
     label = builder.info.features["label"] if "label" in builder.info.features else None
     names = tuple(label.names) if label is not None and hasattr(label, "names") else ()
     sizes = {split: info.num_examples for split, info in builder.info.splits.items()}
+    files = {split: tuple(str(f) for f in info.filepaths)
+             for split, info in builder.info.splits.items()}
     return DatasetInfo(name=builder.name, class_names=names, split_sizes=sizes,
-                       path=str(builder.data_dir))
+                       path=str(builder.data_dir), split_files=files)
 
 
 def open_split(name: str, split: str, data_dir: str | None = None) -> tuple[Any, DatasetInfo]:
