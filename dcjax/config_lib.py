@@ -16,6 +16,7 @@ import ml_collections
 from dcjax.clustering import BACKENDS
 from dcjax.clustering.kmeans import PRECISION_NAMES
 from dcjax.clustering.sampler import SAMPLERS
+from dcjax.data.pipeline import DECODERS
 from dcjax.evaluate.knn import WEIGHTS as KNN_WEIGHTS
 from dcjax.models import ARCHITECTURES
 from dcjax.view_cache import MODES as VIEW_CACHE_MODES
@@ -44,7 +45,7 @@ RESUMABLE = (
     "num_epochs", "checkpoint_every_steps", "keep_checkpoints", "log_every_steps",
     "pixel_baseline", "visualize_every_epochs", "eval_every_epochs",
     "data.data_dir", "data.eval_split", "data.num_threads", "data.num_workers", "data.prefetch",
-    "data.view_cache", "data.view_cache_dir", "data.view_cache_share",
+    "data.view_cache", "data.view_cache_dir", "data.view_cache_share", "data.decoder",
     "clustering.backend", "clustering.chunk_size", "clustering.precision",
     "eval.batch_size", "eval.linear_epochs", "eval.linear_lr", "eval.linear_schedule",
     "eval.linear_momentum", "eval.linear_weight_decay", "eval.linear_normalize", "eval.crop_scale",
@@ -82,6 +83,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_threads = 8  # grain threads per process (each builds whole batches)
     c.data.num_workers = 0  # grain worker processes per host (0: threads only)
     c.data.prefetch = 8  # batches
+    # The training view's decoding: 'fast' (JPEGs decoded at the resolution the crop needs, DCT
+    # scaling; same crops, pixels equal or within resampling) or 'pil' (full decode), data/pipeline.py.
+    c.data.decoder = "fast"
     # The deterministic view, decoded once and read back at every later extraction (dcjax/view_cache.py):
     # 'auto' (device memory, else host memory, else disk), 'device', 'host', 'disk' or 'off'.
     c.data.view_cache = "auto"
@@ -251,6 +255,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
              f"{SAMPLERS}")
     _require(config.data.view_cache in VIEW_CACHE_MODES, f"config.data.view_cache="
              f"{config.data.view_cache!r} must be one of {VIEW_CACHE_MODES}")
+    _require(config.data.decoder in DECODERS, f"config.data.decoder={config.data.decoder!r} must "
+             f"be one of {DECODERS}")
     share = config.data.view_cache_share
     _require(_finite(share) and 0 < share <= 1, f"config.data.view_cache_share={share!r} must be "
              f"in (0, 1]")

@@ -270,7 +270,8 @@ def train_epoch(run: Run, state: TrainState, loop: LoopState, writer: MetricWrit
     steps = len(loop.indices) // c.batch_size
     batches = pipeline.train_batches(run.source, loop.indices, pipeline.view_config(c),
                                      c.batch_size, seed=_mix(c.seed, epoch),
-                                     start_batch=loop.step_in_epoch, **run.loader_options())
+                                     start_batch=loop.step_in_epoch, decoder=c.data.decoder,
+                                     **run.loader_options())
     key = run.train_key
     p["loss_sum"], p["acc_sum"] = float(p.get("loss_sum", 0.0)), float(p.get("acc_sum", 0.0))
     time_before, t0 = p.get("time_train", 0.0), time.time()

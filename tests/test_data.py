@@ -346,3 +346,105 @@ def test_imagenet_tarballs_with_resized_copy(tmp_path):
     valid, _ = open_split("mini_imagenet", "validation")
     assert [int(valid[i]["label"]) for i in range(3)] == [0, 1, 0]
     assert decode_image(valid[0]["image"]).shape == (107, 64, 3)  # 200x120 -> 106.7x64
+
+
+# --------------------------------------------------------------------------- the fast training view
+
+
+def reference_random_resized_crop(h, w, rng, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """RandomResizedCrop's box as its definition reads (ten tries, then the centre crop with
+    the aspect clamped), written independently here: (top, left, height, width)."""
+    import math
+
+    for _ in range(10):
+        area = h * w * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            return rng.integers(0, h - ch, endpoint=True), rng.integers(0, w - cw, endpoint=True), ch, cw
+    if w / h < ratio[0]:
+        return (h - round(w / ratio[0])) // 2, 0, round(w / ratio[0]), w
+    if w / h > ratio[1]:
+        return 0, (w - round(h * ratio[1])) // 2, h, round(h * ratio[1])
+    return 0, 0, h, w
+
+
+def test_crop_boxes_follow_random_resized_crop():
+    # The fast view draws its boxes with pipeline.random_resized_crop_box (the next test checks it
+    # uses the same ones as the full decode); their distribution against an independent
+    # implementation, for a 500 x 375 image: area share, log aspect, centre position.
+    h, w, n = 375, 500, 20000
+    ours, ref = np.random.default_rng(1), np.random.default_rng(2)
+    a = np.array([pipeline.random_resized_crop_box(h, w, ours, (0.08, 1.0), (3 / 4, 4 / 3))
+                  for _ in range(n)], float)
+    b = np.array([reference_random_resized_crop(h, w, ref) for _ in range(n)], float)
+
+    def stats(boxes):
+        top, left, ch, cw = boxes.T
+        return {"area": ch * cw / (h * w), "log_aspect": np.log(cw / ch),
+                "cy": (top + ch / 2) / h, "cx": (left + cw / 2) / w}
+
+    sa, sb = stats(a), stats(b)
+    for key in sa:
+        qa, qb = np.quantile(sa[key], np.linspace(0.05, 0.95, 19)), np.quantile(
+            sb[key], np.linspace(0.05, 0.95, 19))
+        spread = np.quantile(sb[key], 0.95) - np.quantile(sb[key], 0.05)
+        assert np.abs(qa - qb).max() < 0.03 * spread, key
+    # Sides are rounded to whole pixels, so the area share may fall a little under 0.08.
+    assert 0.077 <= sa["area"].min() and sa["area"].max() <= 1.0
+    assert min(sa["area"].min(), sb["area"].min()) < 0.085 and sa["area"].max() > 0.95
+
+
+@pytest.fixture(scope="module")
+def photo_jpegs():
+    """ImageNet-sized JPEGs (500 x 375, quality 90) made from the shared Imagenette images, the
+    way the pipeline benchmark makes them."""
+    from dcjax.bench.pipeline import _tar_images, imagenet_like
+
+    tiles = _tar_images(shared_file("imagenette-128.tar.gz"), "/train/", 4 * 24)
+    return imagenet_like(tiles, 24)
+
+
+@pytest.mark.parametrize("size", [224, 112, 64])
+def test_fast_view_matches_the_full_decode(photo_jpegs, size):
+    view = pipeline.ViewConfig(image_size=size, resize_size=size)
+    same = differ = 0
+    for i, data in enumerate(photo_jpegs):
+        for r in range(6):
+            want = pipeline.train_view(pipeline.decode_image(data), view,
+                                       np.random.default_rng([i, r]))
+            got = pipeline.fast_train_view(data, view, np.random.default_rng([i, r]))
+            assert got.shape == want.shape == (size, size, 3) and got.dtype == np.uint8
+            if np.array_equal(got, want):
+                same += 1
+                continue
+            differ += 1
+            diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+            # Decoded at 1/2 .. 1/8 scale: the same crop and flip, resampled differently.
+            assert diff.mean() < 3.0 and np.percentile(diff, 99) < 24, (i, r, diff.mean())
+            flipped = np.abs(got[:, ::-1].astype(np.int16) - want.astype(np.int16)).mean()
+            assert diff.mean() < flipped
+    if size == 224:  # every crop of a 500 x 375 image is under 448 px: no DCT scaling, same pixels
+        assert differ == 0
+    else:
+        assert differ > 0 and same > 0
+
+
+def test_fast_view_falls_back_where_it_cannot_decode_less(tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((90, 120, 3)) * 255).astype(np.uint8)
+    view = pipeline.ViewConfig(image_size=24, resize_size=24)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: Pillow applies it, the fast decoder would not
+    import io
+
+    rotated, png = io.BytesIO(), io.BytesIO()
+    Image.fromarray(pixels).save(rotated, "JPEG", exif=exif.tobytes())
+    Image.fromarray(pixels).save(png, "PNG")
+    for value in (rotated.getvalue(), png.getvalue(), pixels):
+        want = pipeline.train_view(pipeline.decode_image(value), view, np.random.default_rng(5))
+        got = pipeline.fast_train_view(value, view, np.random.default_rng(5))
+        np.testing.assert_array_equal(got, want)
+    assert pipeline.decode_image(rotated.getvalue()).shape == (120, 90, 3)
+    with pytest.raises(ValueError, match="decoder 'turbo' must be one of"):
+        next(pipeline.train_batches([], np.arange(4), view, 2, seed=0, decoder="turbo"))

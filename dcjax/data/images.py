@@ -63,6 +63,46 @@ def decode_bytes(data: bytes) -> np.ndarray:
         return to_rgb8(im)
 
 
+def jpeg_orientation(data: bytes) -> int:
+    """The EXIF orientation tag (1-8) of JPEG bytes, 1 when there is none; read from the markers
+    before the image data without decoding anything. -1 if the markers cannot be walked."""
+    n = len(data)
+    if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return -1
+    i = 2
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return -1
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xDA, 0xD9):  # start of scan / end of image: no EXIF before it
+            return 1
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        seg = data[i + 4:i + 2 + length]
+        if marker == 0xE1 and seg[:6] == b"Exif\0\0":
+            return _tiff_orientation(seg[6:])
+        i += 2 + length
+    return -1
+
+
+def _tiff_orientation(t: bytes) -> int:
+    if len(t) < 8 or t[:2] not in (b"II", b"MM"):
+        return -1
+    order = "little" if t[:2] == b"II" else "big"
+    ifd = int.from_bytes(t[4:8], order)
+    if ifd + 2 > len(t):
+        return -1
+    for k in range(int.from_bytes(t[ifd:ifd + 2], order)):
+        e = ifd + 2 + 12 * k
+        if e + 12 > len(t):
+            return -1
+        if int.from_bytes(t[e:e + 2], order) == 0x0112:
+            return int.from_bytes(t[e + 8:e + 10], order)
+    return 1
+
+
 def decode_error(e: BaseException) -> str:
     """'Kind: reason' of a decoding failure, in one line, without object addresses."""
     text = _ADDRESS.sub("(the file's bytes)", " ".join(str(e).split()))

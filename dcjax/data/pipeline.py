@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from dcjax.data.images import decode_bytes
+from dcjax.data.images import decode_bytes, jpeg_orientation
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -47,6 +47,7 @@ class ViewConfig:
 
 
 CROPS = ("resized", "translate")
+DECODERS = ("fast", "pil")  # the training view's decoding (train_batches)
 # The reference probe trains on RandomCrop(224) of the 256 px centre square and tests on its centre
 # 224 crop: the test window shifted by up to 16 px each way, 16/224 of the crop's side.
 TRANSLATE_FRACTION = 16.0 / 224.0
@@ -162,6 +163,45 @@ def train_view(image: np.ndarray, view: ViewConfig, rng: np.random.Generator) ->
     return np.ascontiguousarray(out)
 
 
+def _power_of_two_scale(h: int, w: int, need_h: float, need_w: float) -> int:
+    """The largest f in (1, 2, 4, 8) whose 1/f JPEG DCT scaling leaves at least need_h x need_w."""
+    f = 1
+    while f < 8 and -(-h // (2 * f)) >= need_h and -(-w // (2 * f)) >= need_w:
+        f *= 2
+    return f
+
+
+def fast_train_view(value: Any, view: ViewConfig, rng: np.random.Generator) -> np.ndarray:
+    """`train_view(decode_image(value), view, rng)` for encoded images, decoding no more of a JPEG
+    than the crop needs: the crop box is drawn from the header's size, then the JPEG is decoded
+    at the smallest power-of-two DCT scale (1/2, 1/4, 1/8) that still gives the crop at least
+    `image_size` pixels on each side, and the crop is resized once from there. Same boxes and
+    flips as `train_view` for the same `rng`; at scale 1 the same pixels, bit for bit (libjpeg-turbo
+    decodes as Pillow does); at a smaller scale the pixels differ by resampling only
+    (tests/test_data.py). Anything else (PNG, arrays, translate crops, EXIF-rotated or CMYK JPEGs)
+    goes through `train_view`."""
+    import simplejpeg
+
+    if (view.crop != "resized" or not isinstance(value, (bytes, np.bytes_))
+            or jpeg_orientation(value) != 1):
+        return train_view(decode_image(value), view, rng)
+    try:
+        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(value)
+    except ValueError:
+        return train_view(decode_image(value), view, rng)
+    if colorspace not in ("YCbCr", "Gray"):
+        return train_view(decode_image(value), view, rng)
+    size = view.image_size
+    top, left, ch, cw = random_resized_crop_box(h, w, rng, view.crop_scale, view.crop_ratio)
+    f = _power_of_two_scale(h, w, h * size / ch, w * size / cw)
+    image = simplejpeg.decode_jpeg(value, colorspace="RGB", min_height=-(-h // f),
+                                   min_width=-(-w // f))
+    out = _resize(image, (size, size), (left / f, top / f, (left + cw) / f, (top + ch) / f))
+    if view.flip and rng.random() < 0.5:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out)
+
+
 def normalize(images):
     """[B, H, W, 3] uint8 -> float32, ImageNet mean/std normalised (the reference's input)."""
     import jax.numpy as jnp
@@ -191,7 +231,9 @@ class _BatchSource:
 
     A batch, not an image, is grain's unit of work: one read call per batch (ArrayRecord batch
     reads), and threads parallelise over batches, which keeps per-image overhead low on small
-    images. `indices` [num_batches, b] (-1 = padding, read as record 0, mask False); `positions`
+    images. `transform(stored image, position)` gets the stored value (encoded bytes or an
+    array), so it may decode only what it needs. `indices` [num_batches, b] (-1 = padding, read
+    as record 0, mask False); `positions`
     are the images' places in the global (all-process) order, from which augmentation seeds come,
     so the views do not depend on how many processes share the work.
     """
@@ -214,9 +256,13 @@ class _BatchSource:
     def __getitem__(self, b: int) -> Batch:
         index = self._indices[b]
         records = self._read([int(i) for i in np.maximum(index, 0)])
-        images = [self._transform(decode_image(r["image"]), int(p))
-                  for r, p in zip(records, self._positions[b])]
-        return {"image": np.stack(images),
+        images = None
+        for i, (r, p) in enumerate(zip(records, self._positions[b])):
+            image = self._transform(r["image"], int(p))
+            if images is None:  # one buffer per batch, each view written into its slot
+                images = np.empty((len(records), *image.shape), image.dtype)
+            images[i] = image
+        return {"image": images,
                 "label": np.array([int(r.get("label", -1)) for r in records], np.int32),
                 "index": index.astype(np.int32),
                 "mask": index >= 0}
@@ -256,7 +302,8 @@ def ordered_batches(source: Any, view: ViewConfig, global_batch: int, *, process
     padded = np.full(math.ceil(n / global_batch) * global_batch, -1, dtype=np.int64)
     padded[:n] = np.arange(n)
     rows, positions = _host_batches(padded, global_batch, process_index, process_count)
-    batches = _BatchSource(source, rows, positions, lambda image, position: center_view(image, view))
+    batches = _BatchSource(source, rows, positions,
+                           lambda value, position: center_view(decode_image(value), view))
     return _iterate(grain.MapDataset.source(batches), num_threads, prefetch, num_workers)
 
 
@@ -266,13 +313,16 @@ def num_train_batches(num_indices: int, global_batch: int) -> int:
 
 def train_batches(source: Any, indices: np.ndarray, view: ViewConfig, global_batch: int, *,
                   seed: int, start_batch: int = 0, process_index: int = 0, process_count: int = 1,
-                  num_threads: int = 2, prefetch: int = 4,
-                  num_workers: int = 0) -> Iterator[Batch]:
+                  num_threads: int = 2, prefetch: int = 4, num_workers: int = 0,
+                  decoder: str = "fast") -> Iterator[Batch]:
     """Augmented views of `source[indices]` in the given order, full batches only.
 
     Batches `start_batch`, `start_batch + 1`, ... of the epoch; image randomness depends only on
-    (`seed`, position in `indices`).
+    (`seed`, position in `indices`). `decoder`: 'fast' (`fast_train_view`: JPEGs decoded at the
+    resolution the crop needs) or 'pil' (`train_view` on the full decode); same crops and flips.
     """
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder {decoder!r} must be one of {DECODERS}")
     import grain
 
     nb = num_train_batches(len(indices), global_batch)
@@ -280,8 +330,11 @@ def train_batches(source: Any, indices: np.ndarray, view: ViewConfig, global_bat
                                     process_index, process_count)
     seed32 = int(seed) & 0xFFFFFFFF
 
-    def augment(image: np.ndarray, position: int) -> np.ndarray:
-        return train_view(image, view, np.random.default_rng([seed32, position]))
+    def augment(value: Any, position: int) -> np.ndarray:
+        rng = np.random.default_rng([seed32, position])
+        if decoder == "fast":
+            return fast_train_view(value, view, rng)
+        return train_view(decode_image(value), view, rng)
 
     batches = _BatchSource(source, rows, positions, augment)
     ds = grain.MapDataset.source(batches)[start_batch:]

@@ -327,7 +327,7 @@ def _augmented_views(config, net, splits, mesh, poolings, names, tx, steps, stat
         order = np.random.default_rng([config.seed, 7919, epoch]).permutation(n)
         for b in pipeline.train_batches(splits.train, order, view, batch,
                                         seed=config.seed * 1_000_003 + epoch,
-                                        **loader_options(config)):
+                                        decoder=config.data.decoder, **loader_options(config)):
             yield arrays(b, "image", "label")
 
     def test():
