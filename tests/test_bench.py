@@ -1,11 +1,11 @@
-"""The ImageNet-epoch benchmark runs end to end at toy sizes and its projection adds up."""
+"""The benchmarks run end to end at toy sizes, print their tables and write consistent JSON."""
 
 import json
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, shared_file
 
 
 @pytest.mark.slow
@@ -84,3 +84,25 @@ def test_kmeans_table_auto_is_faiss_here(tmp_path):
         assert rows["jax", precision]["objective"] == pytest.approx(faiss_obj, rel=1e-4)
     assert rows["jax", "highest"]["rescored"] == 0 < rows["jax", "exact_fast"]["rescored"]
     assert "| auto (faiss) |" in run.stdout
+
+
+def test_pipeline_table(tmp_path):
+    out = tmp_path / "pipeline.json"
+    shared = shared_file("cifar10-jpg.tar.gz").parent
+    args = ["--sources=cifar10", "--images=128", "--workers=1", "--batch=32", f"--json={out}",
+            f"--shared_data={shared}"]
+    run = subprocess.run([sys.executable, "-m", "dcjax.bench.pipeline", *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    kinds = {(r["view"], r["loader"]) for r in rows}
+    assert kinds == {("train", "reference (PIL loop)"), ("extract", "reference (PIL loop)"),
+                     ("train", "dcjax grain, decoder=fast"), ("train", "dcjax grain, decoder=pil"),
+                     ("extract", "dcjax grain"), ("extract-cache", "dcjax view cache (host)"),
+                     ("extract-cache", "dcjax view cache (device)")}
+    for r in rows:
+        assert r["images_per_sec"] > 0 and r["files"] == "32x32 JPEG q75"
+        assert r["images_per_sec_per_core"] == pytest.approx(r["images_per_sec"] / r["workers"])
+    ref = next(r for r in rows if r["loader"] == "reference (PIL loop)" and r["view"] == "train")
+    assert ref["vs_reference"] == pytest.approx(1.0)
+    assert "| cifar10 | train | dcjax grain, decoder=fast | 1 |" in run.stdout

@@ -157,14 +157,27 @@ def test_training_with_and_without_the_cache_is_identical(tmp_path, capsys):
     from dcjax.train import train_and_evaluate
 
     runs = {}
-    for mode in ("off", "auto"):
+    for mode in ("off", "auto", "disk"):
         c = make_config(**{"num_epochs": 2, "data.view_cache": mode})
         train_and_evaluate(c, str(tmp_path / mode))
-        runs[mode] = [json.loads(line) for line in
-                      (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
+        runs[mode] = records(tmp_path / mode)
     out = capsys.readouterr().out
-    assert "view cache: device (CPU devices" in out
-    timing = ("time", "images_per_sec")
-    for a, b in zip(runs["off"], runs["auto"]):
-        assert {k: v for k, v in a.items() if not any(t in k for t in timing)} == {
-            k: v for k, v in b.items() if not any(t in k for t in timing)}
+    assert "view cache: device (CPU devices" in out and "view cache: disk (config" in out
+    assert (tmp_path / "disk" / "view_cache" / "process_0" / "key.json").exists()
+    for mode in ("auto", "disk"):
+        assert without_times(runs[mode]) == without_times(runs["off"]), mode
+
+    # Run on for one more epoch: the new process reads the disk cache instead of decoding.
+    train_and_evaluate(make_config(**{"num_epochs": 3, "data.view_cache": "disk"}),
+                       str(tmp_path / "disk"))
+    out = capsys.readouterr().out
+    assert "view cache: reading" in out and "view cache: disk" not in out
+    assert [r["epoch"] for r in records(tmp_path / "disk")] == [0, 1, 2]
+
+
+def records(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_times(rows):
+    return [{k: v for k, v in r.items() if "time" not in k and "per_sec" not in k} for r in rows]
