@@ -16,7 +16,8 @@ import ml_collections
 from dcjax.clustering import BACKENDS
 from dcjax.clustering.kmeans import PRECISION_NAMES
 from dcjax.clustering.sampler import SAMPLERS
-from dcjax.data.pipeline import DECODERS
+from dcjax.data.dali_loader import available as dali_available
+from dcjax.data.pipeline import DECODERS, LOADERS
 from dcjax.evaluate.knn import WEIGHTS as KNN_WEIGHTS
 from dcjax.models import ARCHITECTURES
 from dcjax.view_cache import MODES as VIEW_CACHE_MODES
@@ -46,6 +47,7 @@ RESUMABLE = (
     "pixel_baseline", "visualize_every_epochs", "eval_every_epochs",
     "data.data_dir", "data.eval_split", "data.num_threads", "data.num_workers", "data.prefetch",
     "data.view_cache", "data.view_cache_dir", "data.view_cache_share", "data.decoder",
+    "data.loader",
     "clustering.backend", "clustering.chunk_size", "clustering.precision",
     "eval.batch_size", "eval.linear_epochs", "eval.linear_lr", "eval.linear_schedule",
     "eval.linear_momentum", "eval.linear_weight_decay", "eval.linear_normalize", "eval.crop_scale",
@@ -86,6 +88,9 @@ def base_config() -> ml_collections.ConfigDict:
     # The training view's decoding: 'fast' (JPEGs decoded at the resolution the crop needs, DCT
     # scaling; same crops, pixels equal or within resampling) or 'pil' (full decode), data/pipeline.py.
     c.data.decoder = "fast"
+    # The training view's loader: 'grain' (host threads / processes) or 'dali' (NVIDIA DALI: decode,
+    # crop, resize and flip on the GPU; same crops and flips; data/dali_loader.py).
+    c.data.loader = "grain"
     # The deterministic view, decoded once and read back at every later extraction (dcjax/view_cache.py):
     # 'auto' (device memory, else host memory, else disk), 'device', 'host', 'disk' or 'off'.
     c.data.view_cache = "auto"
@@ -257,6 +262,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
              f"{config.data.view_cache!r} must be one of {VIEW_CACHE_MODES}")
     _require(config.data.decoder in DECODERS, f"config.data.decoder={config.data.decoder!r} must "
              f"be one of {DECODERS}")
+    _require(config.data.loader in LOADERS, f"config.data.loader={config.data.loader!r} must be "
+             f"one of {LOADERS}")
+    _require(config.data.loader != "dali" or dali_available(), "config.data.loader='dali' needs "
+             "NVIDIA DALI: pip install nvidia-dali-cuda120 (or -cuda130), or -r requirements-dali.txt")
     share = config.data.view_cache_share
     _require(_finite(share) and 0 < share <= 1, f"config.data.view_cache_share={share!r} must be "
              f"in (0, 1]")

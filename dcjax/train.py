@@ -268,10 +268,14 @@ def train_epoch(run: Run, state: TrainState, loop: LoopState, writer: MetricWrit
     """
     c, epoch, p = run.config, loop.epoch, loop.partial
     steps = len(loop.indices) // c.batch_size
-    batches = pipeline.train_batches(run.source, loop.indices, pipeline.view_config(c),
-                                     c.batch_size, seed=_mix(c.seed, epoch),
-                                     start_batch=loop.step_in_epoch, decoder=c.data.decoder,
-                                     **run.loader_options())
+    make = pipeline.train_batches
+    if c.data.loader == "dali":
+        from dcjax.data import dali_loader
+
+        make = functools.partial(dali_loader.train_batches, mesh=run.mesh)
+    batches = make(run.source, loop.indices, pipeline.view_config(c), c.batch_size,
+                   seed=_mix(c.seed, epoch), start_batch=loop.step_in_epoch,
+                   decoder=c.data.decoder, **run.loader_options())
     key = run.train_key
     p["loss_sum"], p["acc_sum"] = float(p.get("loss_sum", 0.0)), float(p.get("acc_sum", 0.0))
     time_before, t0 = p.get("time_train", 0.0), time.time()
@@ -279,7 +283,9 @@ def train_epoch(run: Run, state: TrainState, loop: LoopState, writer: MetricWrit
     for s, batch in enumerate(progress(batches, total=steps - loop.step_in_epoch,
                                        desc=f"epoch {epoch}"), start=loop.step_in_epoch):
         faults.point("train_batch")
-        images = run.global_array(batch["image"])
+        images = batch["image"]  # numpy rows of this process, or (DALI on GPUs) a global array
+        if not isinstance(images, jax.Array):
+            images = run.global_array(images)
         labels = run.global_array(loop.assignment[batch["index"]].astype(np.int32))
         state, m = run.train_step(state, images, labels, key)
         # Device scalars: summing them does not wait for the step.

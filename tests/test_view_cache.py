@@ -158,17 +158,21 @@ def test_training_with_and_without_the_cache_is_identical(tmp_path, capsys):
 
     runs = {}
     for mode in ("off", "auto", "disk"):
-        c = make_config(**{"num_epochs": 2, "data.view_cache": mode})
+        # The trainer's defaults for k-means and decoding too (configs/digits.py pins others).
+        c = make_config(**{"num_epochs": 2, "data.view_cache": mode, "clustering.backend": "auto",
+                           "data.decoder": "fast"})
         train_and_evaluate(c, str(tmp_path / mode))
         runs[mode] = records(tmp_path / mode)
     out = capsys.readouterr().out
     assert "view cache: device (CPU devices" in out and "view cache: disk (config" in out
+    assert "k-means: faiss (CPU devices only and faiss is installed" in out
     assert (tmp_path / "disk" / "view_cache" / "process_0" / "key.json").exists()
     for mode in ("auto", "disk"):
         assert without_times(runs[mode]) == without_times(runs["off"]), mode
 
     # Run on for one more epoch: the new process reads the disk cache instead of decoding.
-    train_and_evaluate(make_config(**{"num_epochs": 3, "data.view_cache": "disk"}),
+    train_and_evaluate(make_config(**{"num_epochs": 3, "data.view_cache": "disk",
+                                      "clustering.backend": "auto", "data.decoder": "fast"}),
                        str(tmp_path / "disk"))
     out = capsys.readouterr().out
     assert "view cache: reading" in out and "view cache: disk" not in out

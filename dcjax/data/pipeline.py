@@ -48,6 +48,7 @@ class ViewConfig:
 
 CROPS = ("resized", "translate")
 DECODERS = ("fast", "pil")  # the training view's decoding (train_batches)
+LOADERS = ("grain", "dali")  # who makes the training view (grain here; dali: data/dali_loader.py)
 # The reference probe trains on RandomCrop(224) of the 256 px centre square and tests on its centre
 # 224 crop: the test window shifted by up to 16 px each way, 16/224 of the crop's side.
 TRANSLATE_FRACTION = 16.0 / 224.0
