@@ -98,9 +98,9 @@ def test_config_refuses_dali_where_it_is_not_installed(monkeypatch):
 
 
 def test_training_with_dali(tmp_path, capsys):
-    from dcjax.train import train_and_evaluate
-
     import json
+
+    from dcjax.train import train_and_evaluate
 
     train_and_evaluate(make_config(**{"data.loader": "dali"}), str(tmp_path))
     assert (tmp_path / "export" / "assignments.csv").exists()

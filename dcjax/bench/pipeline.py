@@ -10,6 +10,9 @@ For each source, images/s of:
     at a time in one thread, PIL decode + convert('RGB'), crop then bilinear resize (what
     torchvision's RandomResizedCrop does to a PIL image), flip, then ToTensor + Normalize (float32,
     CHW), as the official code's DataLoader transforms do;
+  * view `train` with loader `dali` (`config.data.loader='dali'`, when NVIDIA DALI is installed):
+    the same boxes and flips decoded, resized and flipped by DALI (its CPU operators on a host
+    without a GPU);
   * view `extract`: the deterministic view (resize shorter side + centre crop) of every image once
     (`pipeline.ordered_batches`) put on the devices, against the same reference loop with
     Resize + CenterCrop; and `extract-cache`: the same batches read back from the view cache
@@ -189,6 +192,26 @@ def loader_train(data, size, resize, workers: int, decoder: str) -> float:
     return count / (time.perf_counter() - t)
 
 
+def dali_train(data, size, resize, workers: int) -> float:
+    """images/s of the DALI training view (`dali_loader`; DALI's CPU operators on CPU devices)."""
+    from dcjax.data import dali_loader, pipeline
+    from dcjax.sharding import default_mesh
+
+    view = pipeline.ViewConfig(image_size=size, resize_size=resize)
+    n = len(data) // FLAGS.batch * FLAGS.batch
+    indices = np.random.default_rng(0).permutation(len(data))[:n]
+
+    def run(idx):
+        return sum(len(b["index"]) for b in dali_loader.train_batches(
+            _Records(data), idx, view, FLAGS.batch, seed=0, mesh=default_mesh(),
+            num_threads=workers))
+
+    run(indices[:FLAGS.batch])  # warm-up: builds a pipeline
+    t = time.perf_counter()
+    count = run(indices)
+    return count / (time.perf_counter() - t)
+
+
 def loader_extract(data, size, resize, workers: int) -> tuple[float, float, float]:
     """images/s of the decoding pass to the devices, then of reading it back from a host and a
     device view cache (features.extract's input side)."""
@@ -236,6 +259,7 @@ def main(argv):
     import jax
 
     from dcjax.bench.common import machine
+    from dcjax.data.dali_loader import available as dali_available
 
     print(f"machine: {machine()}, {os.cpu_count()} cores; jax {jax.__version__}; "
           f"{FLAGS.images} images per source, batches of {FLAGS.batch}")
@@ -264,6 +288,9 @@ def main(argv):
             for decoder in ("fast", "pil"):
                 add(name, "train", f"dcjax grain, decoder={decoder}", w,
                     loader_train(data, size, resize, w, decoder), ref)
+            if dali_available():
+                add(name, "train", "dali (CPU operators)", w, dali_train(data, size, resize, w),
+                    ref)
             decoded, host, device = loader_extract(data, size, resize, w)
             add(name, "extract", "dcjax grain", w, decoded, ref_x)
             add(name, "extract-cache", "dcjax view cache (host)", w, host, decoded / w)
