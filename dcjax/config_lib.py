@@ -39,6 +39,7 @@ FROZEN = (
     "data.name", "data.train_split", "data.image_size", "data.resize_size", "data.crop_scale",
     "data.flip",
     "model.name", "model.sobel", "model.fc_dim", "model.widths", "model.dropout", "model.dtype",
+    "model.init",
     "clustering.k", "clustering.pca_dim", "clustering.iterations", "clustering.sampler",
     "optim.lr", "optim.momentum", "optim.weight_decay", "optim.head_lr", "optim.head_weight_decay",
 )
@@ -104,6 +105,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.widths = ()  # alexnet_small only; () keeps its default widths
     c.model.dropout = 0.5
     c.model.dtype = "float32"
+    # '' or a folder written by `python -m dcjax.convert --from_torch` (e.g. the official released
+    # network): training starts from its weights and BatchNorm statistics instead of random ones.
+    c.model.init = ""
 
     c.clustering = ml_collections.ConfigDict()
     c.clustering.k = 10000  # 0: from the number of images (auto_k)
@@ -238,6 +242,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require(not m.widths or (m.name == "alexnet_small" and len(m.widths) == 5),
              f"config.model.widths={tuple(m.widths)} needs alexnet_small and 5 values")
     _require(bool(d.name), "config.data.name is empty")
+    _require(not m.init or ((Path(m.init) / "network.npz").exists()
+                            and (Path(m.init) / "network.json").exists()),
+             f"config.model.init={m.init!r} is not a folder written by python -m dcjax.convert "
+             f"(network.npz, network.json)")
     if d.data_dir:
         _require(Path(d.data_dir).expanduser().is_dir(),
                  f"config.data.data_dir={d.data_dir!r} is not a directory")

@@ -28,7 +28,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from dcjax import faults, metrics, sharding
+from dcjax import faults, interop, metrics, sharding
 from dcjax.checkpoint import Checkpointer, abstract_like
 from dcjax.clustering import choose_backend, run_kmeans, sample_epoch
 from dcjax.config_lib import (
@@ -369,10 +369,16 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
 
 
 def initial_state(run: Run) -> TrainState:
-    """The initial train state (key(config.seed)), created directly replicated on the mesh."""
+    """The initial train state (key(config.seed)), created directly replicated on the mesh; with
+    config.model.init, the converted network of that folder in place of the drawn weights."""
     c = run.config
-    return jax.jit(lambda: create_train_state(run.model, c, jax.random.key(c.seed)),
-                   out_shardings=run.replicated)()
+    state = jax.jit(lambda: create_train_state(run.model, c, jax.random.key(c.seed)),
+                    out_shardings=run.replicated)()
+    if c.model.init:  # a converted network (dcjax.convert) in place of the random body
+        params, stats = interop.load_into(c.model.init, state.params, state.batch_stats)
+        state = state.replace(params=jax.device_put(params, run.replicated),
+                              batch_stats=jax.device_put(stats, run.replicated))
+    return state
 
 
 def saved_config(workdir: Path) -> dict | None:

@@ -26,8 +26,9 @@ config_flags.DEFINE_config_file("config", None, "A configs/*.py file; default: t
                                 "config (RUN/config.json).", lock_config=True)
 flags.DEFINE_string("workdir", None, "The run's directory (checkpoints/, config.json).")
 flags.DEFINE_enum("protocol", None, list(TYPES), "What to measure (an evaluator type).")
-flags.DEFINE_enum("init", "trained", ["trained", "random"], "The run's checkpoint, or the same "
-                  "architecture at its initialisation (the paper's 'random' row).")
+flags.DEFINE_string("init", "trained", "'trained' (the run's checkpoint), 'random' (the same "
+                    "architecture at its initialisation: the paper's 'random' row), or a folder "
+                    "written by python -m dcjax.convert (e.g. the official released network).")
 flags.DEFINE_enum("features", "network", ["network", "pixels"], "Network features or raw pixels.")
 flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
 distributed.define_flags()

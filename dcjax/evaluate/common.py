@@ -73,15 +73,24 @@ class Network:
 def load_network(config: ml_collections.ConfigDict, workdir: str | Path, init: str = "trained",
                  step: int | None = None, mesh: Mesh | None = None) -> Network:
     """The run's network: its latest (or `step`) checkpoint, or with init='random' the same
-    architecture at the run's own initialisation (config.seed), i.e. the paper's "random" row."""
-    if init not in INITS:
-        raise ConfigError(f"--init={init!r} must be one of {INITS}")
+    architecture at the run's own initialisation (config.seed), i.e. the paper's "random" row, or
+    with init=DIR a network converted by `python -m dcjax.convert` (its top layer, when absent or
+    of another k, at the run's initialisation)."""
+    from dcjax import interop
+
+    if init not in INITS and not interop.is_network_dir(init):
+        raise ConfigError(f"--init={init!r} must be one of {INITS} or a folder written by "
+                          f"python -m dcjax.convert")
     mesh = mesh or default_mesh()
     model = from_config(config, config.clustering.k)
     state = jax.jit(lambda: create_train_state(model, config, jax.random.key(config.seed)),
                     out_shardings=replicated(mesh))()
     if init == "random":
         return Network(model, state.params, state.batch_stats, None)
+    if init not in INITS:
+        params, stats = interop.load_into(init, state.params, state.batch_stats)
+        return Network(model, jax.device_put(params, replicated(mesh)),
+                       jax.device_put(stats, replicated(mesh)), None)
     directory = Path(workdir) / "checkpoints"
     ckpt = Checkpointer(directory)
     try:

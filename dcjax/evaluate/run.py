@@ -13,6 +13,10 @@ def result_name(protocol: str, init: str, features: str, views: str = "augmented
         return f"{protocol}_pixels"
     if protocol == "linear" and views in ("center", "translate"):
         protocol = f"linear_{views}"
+    if init not in ("trained", "random"):  # a converted network's folder
+        from pathlib import Path
+
+        init = "init_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(init).name)
     return protocol if init == "trained" else f"{protocol}_{init}"
 
 
