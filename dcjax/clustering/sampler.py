@@ -1,9 +1,12 @@
 """Drawing an epoch's training indices from the pseudo-labels (docs/design.md section 1, step 6).
 
 `uniform_label_sampler` is the paper's: every non-empty cluster contributes the same number of
-images, so a few huge clusters cannot dominate the epoch (the trivial solution). `natural_sampler`
-is a plain shuffle of the dataset, as the official code's sampler in effect feeds; it is kept for
-measuring the difference (`config.clustering.sampler='natural'`).
+images, so a few huge clusters cannot dominate the epoch (the trivial solution).
+`reference_sampler` is what the official code feeds: its balanced draw of image indices, used as
+positions in the list of images sorted by cluster (its DataLoader indexes the cluster-sorted
+ReassignedDataset with them), so what the network sees follows the natural cluster sizes, with
+repeats (docs/design.md). `natural_sampler` is a plain shuffle of the dataset.
+`config.clustering.sampler` picks one.
 """
 
 from __future__ import annotations
@@ -45,12 +48,42 @@ def natural_sampler(num_images: int, n: int, rng: np.random.Generator) -> np.nda
     return np.concatenate([rng.permutation(num_images) for _ in range(reps)])[:n].astype(np.int64)
 
 
-SAMPLERS = ("uniform", "natural")  # config.clustering.sampler
+def reference_sampler(assignment: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n image indices [n] int64: what the official code trains on, step by step.
+
+    1. Its UnifLabelSampler draws int(n / nonempty) + 1 image indices from each non-empty cluster
+       (with replacement when the cluster has at most that many), concatenates them in cluster
+       order, shuffles them and keeps the first n.
+    2. Its DataLoader uses those values as positions in its ReassignedDataset, which lists the
+       images cluster by cluster (cluster 0's in ascending index order, then cluster 1's, ...).
+    So the image fed at each step is `by_cluster[drawn index]`.
+    """
+    assignment = np.asarray(assignment)
+    if assignment.ndim != 1 or assignment.size == 0:
+        raise ValueError(f"assignment must be a non-empty 1-D array, got shape {assignment.shape}")
+    if n < 1:
+        raise ValueError(f"n={n} must be positive")
+    by_cluster = np.argsort(assignment, kind="stable")
+    labels, starts, sizes = np.unique(assignment[by_cluster], return_index=True, return_counts=True)
+    per_cluster = int(n / len(labels)) + 1
+    drawn = np.concatenate([
+        rng.choice(by_cluster[start:start + size], size=per_cluster, replace=bool(size <= per_cluster))
+        for start, size in zip(starts, sizes)])
+    rng.shuffle(drawn)
+    positions = drawn[:n]
+    if positions.max() >= len(by_cluster):
+        raise ValueError("an image index beyond the dataset")  # cannot happen: indices < N
+    return by_cluster[positions].astype(np.int64)
+
+
+SAMPLERS = ("uniform", "reference", "natural")  # config.clustering.sampler
 
 
 def sample_epoch(kind: str, assignment: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     if kind == "uniform":
         return uniform_label_sampler(assignment, n, rng)
+    if kind == "reference":
+        return reference_sampler(assignment, n, rng)
     if kind == "natural":
         return natural_sampler(len(assignment), n, rng)
     raise ValueError(f"unknown sampler {kind!r}; use one of {SAMPLERS}")
