@@ -116,6 +116,8 @@ def base_config() -> ml_collections.ConfigDict:
     # 'auto': faiss on CPU-only hosts (faster there), the JAX k-means on accelerators and when the
     # features are sharded across processes (clustering.choose_backend); or 'jax' / 'faiss'.
     c.clustering.backend = "auto"
+    # 'uniform' (the paper: every cluster equally), 'reference' (what the official code feeds:
+    # images in proportion to cluster sizes, with repeats) or 'natural' (a shuffle), sampler.py.
     c.clustering.sampler = "uniform"
     c.clustering.chunk_size = 8192  # rows scored against all k centroids at once
     # JAX k-means distance matmul: 'highest' (float32), or 'tf32_3x' / 'bf16_3x' / 'bf16_6x' (float32
