@@ -25,6 +25,7 @@ from dcjax.view_cache import MODES as VIEW_CACHE_MODES
 LINEAR_VIEWS = ("augmented", "translate", "center")  # config.eval.linear_views
 LINEAR_SCHEDULES = ("cosine", "reference")  # config.eval.linear_schedule
 DTYPES = ("float32", "bfloat16")
+BN_VARIANCES = ("fast", "two_pass")  # config.model.bn_variance
 
 
 class ConfigError(ValueError):
@@ -39,7 +40,7 @@ FROZEN = (
     "data.name", "data.train_split", "data.image_size", "data.resize_size", "data.crop_scale",
     "data.flip",
     "model.name", "model.sobel", "model.fc_dim", "model.widths", "model.dropout", "model.dtype",
-    "model.init",
+    "model.init", "model.bn_variance",
     "clustering.k", "clustering.pca_dim", "clustering.iterations", "clustering.sampler",
     "optim.lr", "optim.momentum", "optim.weight_decay", "optim.head_lr", "optim.head_weight_decay",
 )
@@ -108,6 +109,9 @@ def base_config() -> ml_collections.ConfigDict:
     # '' or a folder written by `python -m dcjax.convert --from_torch` (e.g. the official released
     # network): training starts from its weights and BatchNorm statistics instead of random ones.
     c.model.init = ""
+    # BatchNorm's batch variance in training: 'fast' (E[x^2] - E[x]^2, Flax's default) or 'two_pass'
+    # (PyTorch's formula: a float32 train step then matches PyTorch's to ~1e-6, tests/test_interop.py).
+    c.model.bn_variance = "fast"
 
     c.clustering = ml_collections.ConfigDict()
     c.clustering.k = 10000  # 0: from the number of images (auto_k)
@@ -240,6 +244,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _require(0.0 < lo_s <= hi_s <= 1.0,
              f"config.data.crop_scale={tuple(d.crop_scale)} must satisfy 0 < min <= max <= 1")
     _require(m.dtype in DTYPES, f"config.model.dtype={m.dtype!r} must be one of {DTYPES}")
+    _require(m.bn_variance in BN_VARIANCES, f"config.model.bn_variance={m.bn_variance!r} must be "
+             f"one of {BN_VARIANCES}")
     _require(0.0 <= m.dropout < 1.0, f"config.model.dropout={m.dropout} must be in [0, 1)")
     _require(not m.widths or (m.name == "alexnet_small" and len(m.widths) == 5),
              f"config.model.widths={tuple(m.widths)} needs alexnet_small and 5 values")

@@ -30,6 +30,7 @@ def create_model(
     widths: Sequence[int] | None = None,
     dropout: float = 0.5,
     dtype: Any = jnp.float32,
+    bn_two_pass: bool = False,
 ) -> nn.Module:
     """Builds the architecture `name` with a `num_classes`-way top_layer."""
     if name not in ARCHITECTURES:
@@ -37,7 +38,8 @@ def create_model(
     lo, hi = ARCHITECTURES[name]
     if not lo <= image_size <= hi:
         raise ValueError(f"{name} is built for {lo}-{hi} px inputs, got image_size={image_size}")
-    common = dict(num_classes=num_classes, sobel=sobel, fc_dim=fc_dim, dropout=dropout, dtype=dtype)
+    common = dict(num_classes=num_classes, sobel=sobel, fc_dim=fc_dim, dropout=dropout, dtype=dtype,
+                  bn_two_pass=bn_two_pass)
     if name == "alexnet":
         if widths:
             raise ValueError("alexnet keeps the reference widths; use alexnet_small to change them")
@@ -54,7 +56,7 @@ def from_config(config: Any, num_classes: int) -> nn.Module:
     m = config.model
     return create_model(m.name, num_classes, image_size=config.data.image_size, sobel=m.sobel,
                         fc_dim=m.fc_dim, widths=tuple(m.widths) or None, dropout=m.dropout,
-                        dtype=jnp.dtype(m.dtype))
+                        dtype=jnp.dtype(m.dtype), bn_two_pass=m.bn_variance == "two_pass")
 
 
 __all__ = [

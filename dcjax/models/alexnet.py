@@ -102,6 +102,9 @@ class AlexNet(nn.Module):
     sobel: bool = True
     dropout: float = 0.5
     dtype: Any = jnp.float32
+    # BatchNorm's batch variance: E[(x - E[x])^2] (two passes, PyTorch's formula) when True;
+    # E[x^2] - E[x]^2 (Flax's fast default) when False.
+    bn_two_pass: bool = False
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False, output: str = "logits"):
@@ -134,7 +137,8 @@ def conv_bn_relu(module: nn.Module, x: jnp.ndarray, features: int, kernel: int, 
                 padding=((padding, padding), (padding, padding)), kernel_init=conv_init,
                 dtype=module.dtype, name=f"conv{index}")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                     dtype=module.dtype, name=f"bn{index}")(x)
+                     use_fast_variance=not module.bn_two_pass, dtype=module.dtype,
+                     name=f"bn{index}")(x)
     return nn.relu(x)
 
 

@@ -27,6 +27,7 @@ class VGG16(nn.Module):
     sobel: bool = True
     dropout: float = 0.5
     dtype: Any = jnp.float32
+    bn_two_pass: bool = False  # as AlexNet's
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False, output: str = "logits"):
