@@ -90,7 +90,7 @@ def test_resume_changes_split_frozen_from_resumable():
     frozen, allowed = resume_changes(saved, smoke(**{"clustering.k": 30, "num_epochs": 9,
                                                       "clustering.backend": "faiss"}))
     assert frozen == [("clustering.k", 10, 30)]
-    assert allowed == [("clustering.backend", "auto", "faiss"), ("num_epochs", 1, 9)]
+    assert allowed == [("clustering.backend", "jax", "faiss"), ("num_epochs", 1, 9)]
     # A field an older run's config.json lacks counts as its default.
     del saved["clustering"]["precision"]
     assert resume_changes(saved, smoke()) == ([], [])

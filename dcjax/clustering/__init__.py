@@ -27,7 +27,7 @@ from dcjax.sharding import available_memory
 BACKENDS = ("jax", "faiss", "auto")
 
 
-def run_kmeans(features, k: int, *, backend: str = "auto", iterations: int = 20, seed: int = 0,
+def run_kmeans(features, k: int, *, backend: str = "jax", iterations: int = 20, seed: int = 0,
                chunk_size: int = 8192, mesh: Mesh | None = None, valid: np.ndarray | None = None,
                verbose: bool = False, precision: str = "highest",
                on_iteration: Callable[[int, int], None] | None = None) -> KMeansResult:
