@@ -16,13 +16,9 @@ import math
 import numpy as np
 
 
-def uniform_label_sampler(assignment: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n image indices [n] int64, shuffled, balanced over the non-empty clusters of `assignment`.
-
-    Each non-empty cluster gives ceil(n / nonempty) images, drawn without replacement when it has
-    that many and with replacement otherwise; the surplus (fewer than `nonempty`) is taken one image
-    each from randomly chosen clusters, so per-cluster counts differ by at most one.
-    """
+def _by_cluster(assignment, n: int):
+    """(image indices sorted by cluster, stably; the non-empty cluster ids; where each starts in
+    that order; their sizes), after checking `assignment` [N] and `n`."""
     assignment = np.asarray(assignment)
     if assignment.ndim != 1 or assignment.size == 0:
         raise ValueError(f"assignment must be a non-empty 1-D array, got shape {assignment.shape}")
@@ -30,6 +26,17 @@ def uniform_label_sampler(assignment: np.ndarray, n: int, rng: np.random.Generat
         raise ValueError(f"n={n} must be positive")
     order = np.argsort(assignment, kind="stable")
     labels, starts, sizes = np.unique(assignment[order], return_index=True, return_counts=True)
+    return order, labels, starts, sizes
+
+
+def uniform_label_sampler(assignment: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n image indices [n] int64, shuffled, balanced over the non-empty clusters of `assignment`.
+
+    Each non-empty cluster gives ceil(n / nonempty) images, drawn without replacement when it has
+    that many and with replacement otherwise; the surplus (fewer than `nonempty`) is taken one image
+    each from randomly chosen clusters, so per-cluster counts differ by at most one.
+    """
+    order, labels, starts, sizes = _by_cluster(assignment, n)
     per_cluster = math.ceil(n / len(labels))
     quota = np.full(len(labels), per_cluster)
     quota[rng.choice(len(labels), size=per_cluster * len(labels) - n, replace=False)] -= 1
@@ -58,13 +65,7 @@ def reference_sampler(assignment: np.ndarray, n: int, rng: np.random.Generator) 
        images cluster by cluster (cluster 0's in ascending index order, then cluster 1's, ...).
     So the image fed at each step is `by_cluster[drawn index]`.
     """
-    assignment = np.asarray(assignment)
-    if assignment.ndim != 1 or assignment.size == 0:
-        raise ValueError(f"assignment must be a non-empty 1-D array, got shape {assignment.shape}")
-    if n < 1:
-        raise ValueError(f"n={n} must be positive")
-    by_cluster = np.argsort(assignment, kind="stable")
-    labels, starts, sizes = np.unique(assignment[by_cluster], return_index=True, return_counts=True)
+    by_cluster, labels, starts, sizes = _by_cluster(assignment, n)
     per_cluster = int(n / len(labels)) + 1
     drawn = np.concatenate([
         rng.choice(by_cluster[start:start + size], size=per_cluster, replace=bool(size <= per_cluster))
