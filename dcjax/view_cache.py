@@ -177,12 +177,8 @@ class ViewCache:
         built = self._building
         if built is None:
             return
-        if built.mode == "device":
-            built.images[b] = images
-        elif built.mode == "host":
-            built.images[b] = host_batch["image"]
-        else:
-            built.images[b] = host_batch["image"]
+        # The device arrays themselves, or this process's numpy rows (a list, or the memmap's row b).
+        built.images[b] = images if built.mode == "device" else host_batch["image"]
         built.label[b] = host_batch["label"]
         built.index[b] = host_batch["index"]
 
