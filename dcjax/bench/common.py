@@ -29,7 +29,7 @@ def seconds_per_call(fn, steps: int) -> float:
 
 
 def network_rates(name: str, size: int, batch: int, k: int, steps: int, *, widths=None,
-                  fc_dim: int = 4096, dtype: str = "float32",
+                  fc_dim: int = 4096, dtype: str = "float32", bn_variance: str = "fast",
                   extraction: bool = False) -> tuple[float, float | None]:
     """(train images/s, fc7 extraction images/s or None) of architecture `name` on one device:
     the jitted train step (forward + backward + SGD, BatchNorm, Sobel, k-way head) and the
@@ -42,7 +42,7 @@ def network_rates(name: str, size: int, batch: int, k: int, steps: int, *, width
     config.data.image_size = size
     config.model.dtype = dtype
     model = create_model(name, k, image_size=size, widths=widths, fc_dim=fc_dim,
-                         dtype=jnp.dtype(dtype))
+                         dtype=jnp.dtype(dtype), bn_two_pass=bn_variance == "two_pass")
     state = create_train_state(model, config, jax.random.key(0))
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.integers(0, 255, (batch, size, size, 3), dtype=np.uint8))

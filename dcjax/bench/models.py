@@ -32,6 +32,8 @@ flags.DEFINE_integer("batch_32", 128, "Batch size for the 32 px small AlexNet.")
 flags.DEFINE_integer("pipeline_images", 4096, "Images per pipeline measurement.")
 flags.DEFINE_integer("threads", 2, "grain threads (each builds whole batches).")
 flags.DEFINE_bool("skip_torch", False, "Do not run the PyTorch reference.")
+flags.DEFINE_list("bn_variances", ["fast"], "dcjax's BatchNorm variance formulas to time "
+                  "(config.model.bn_variance: fast, two_pass).")
 flags.DEFINE_bool("skip_pipeline", False, "Do not measure the input pipeline.")
 flags.DEFINE_list("dtypes", ["float32"], "Compute dtypes of the train-step rows (bfloat16: "
                   "dcjax's config.model.dtype against PyTorch autocast).")
@@ -218,20 +220,21 @@ def main(argv):
         except ImportError:
             torch_version = "not installed"
     print(f"\nTrain step (forward + backward + SGD), images/s; PyTorch {torch_version}")
-    print("| model | batch | head k | dtype | dcjax (jit) | PyTorch reference | dcjax / PyTorch |\n"
-          "|---|---|---|---|---|---|---|")
+    print("| model | batch | head k | dtype | BN variance | dcjax (jit) | PyTorch reference | "
+          "dcjax / PyTorch |\n|---|---|---|---|---|---|---|---|")
     cases = {"alexnet": ("alexnet", 224, FLAGS.batch_224, 10000, None, 4096),
              "alexnet_small": ("alexnet_small", 32, FLAGS.batch_32, 100, None, 2048)}
     for name, size, batch, k, widths, fc_dim in (cases[m] for m in FLAGS.models):
         for dtype in FLAGS.dtypes:
-            ours = network_rates(name, size, batch, k, FLAGS.steps, widths=widths,
-                                 fc_dim=fc_dim, dtype=dtype)[0]
             ref = (bench_torch_step(size, batch, k, widths, fc_dim, dtype) if torch_ok
                    else float("nan"))
-            ratio = f"{ours / ref:.2f}x" if torch_ok else "-"
-            ref_s = f"{ref:,.1f}" if torch_ok else torch_version
-            print(f"| {name} {size}px | {batch} | {k} | {dtype} | {ours:,.1f} | {ref_s} | "
-                  f"{ratio} |")
+            for variance in FLAGS.bn_variances:
+                ours = network_rates(name, size, batch, k, FLAGS.steps, widths=widths,
+                                     fc_dim=fc_dim, dtype=dtype, bn_variance=variance)[0]
+                ratio = f"{ours / ref:.2f}x" if torch_ok else "-"
+                ref_s = f"{ref:,.1f}" if torch_ok else torch_version
+                print(f"| {name} {size}px | {batch} | {k} | {dtype} | {variance} | {ours:,.1f} | "
+                      f"{ref_s} | {ratio} |")
 
 
 if __name__ == "__main__":
