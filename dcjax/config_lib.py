@@ -24,6 +24,15 @@ from dcjax.view_cache import MODES as VIEW_CACHE_MODES
 
 LINEAR_VIEWS = ("augmented", "translate", "center")  # config.eval.linear_views
 LINEAR_SCHEDULES = ("cosine", "reference")  # config.eval.linear_schedule
+LINEAR_TEST_VIEWS = ("center", "ten_crop")  # config.eval.linear_test_views
+EVAL_PROTOCOLS = ("dcjax", "reference")  # config.eval.protocol
+# config.eval.protocol='reference': the official eval_linear.py as its shipped eval_linear.sh runs it
+# (90 epochs, SGD lr 0.01 momentum 0.9, weight decay 10^-7 with lr / sqrt(1 + lr wd t), batch 256,
+# RandomCrop of the resized centre square + flip, ten-crop test every epoch). docs/evaluation.md.
+REFERENCE_PROBE = {"linear_epochs": 90, "linear_lr": 0.01, "linear_momentum": 0.9,
+                   "linear_weight_decay": 1e-7, "linear_schedule": "reference",
+                   "linear_views": "translate", "linear_normalize": False, "batch_size": 256,
+                   "linear_test_views": "ten_crop", "linear_test_every": 1}
 DTYPES = ("float32", "bfloat16")
 BN_VARIANCES = ("fast", "two_pass")  # config.model.bn_variance
 
@@ -54,6 +63,7 @@ RESUMABLE = (
     "eval.batch_size", "eval.linear_epochs", "eval.linear_lr", "eval.linear_schedule",
     "eval.linear_momentum", "eval.linear_weight_decay", "eval.linear_normalize", "eval.crop_scale",
     "eval.linear_views", "eval.probe_dim", "eval.pixel_pca_dim", "eval.knn_k", "eval.knn_weights",
+    "eval.linear_test_views", "eval.linear_test_every", "eval.protocol",
 )
 RESUMABLE_PREFIXES = ("evals.",)  # the evaluators, whatever their names
 
@@ -162,6 +172,15 @@ def base_config() -> ml_collections.ConfigDict:
     # 'center': each image's centre-view features computed once and cached (float16), the classifiers
     # trained on those (a fast diagnostic: one forward pass per split instead of one per probe epoch)
     c.eval.linear_views = "augmented"
+    # 'center': top-1 on each held-out image's centre view; 'ten_crop': the softmax averaged over
+    # its four corner and centre crops and their mirror images (the reference's --tencrops)
+    c.eval.linear_test_views = "center"
+    # Test the probes every this many epochs as well as after the last (0: after the last only);
+    # the result records each tested epoch's top-1 and the best (selected on the test split).
+    c.eval.linear_test_every = 0
+    # 'dcjax': the eval.linear_* fields as set. 'reference': REFERENCE_PROBE's values (the official
+    # eval_linear.py) for every one of those fields not given on the command line.
+    c.eval.protocol = "dcjax"
     c.eval.probe_dim = 9216  # pooled size per conv layer for geometries without the paper's table
     c.eval.pixel_pca_dim = 64  # --features=pixels: raw pixels reduced to this many components
     c.eval.knn_k = 20
@@ -326,6 +345,26 @@ def validate_eval(config: ml_collections.ConfigDict, num_devices: int = 1) -> No
              f"config.eval.linear_schedule={e.linear_schedule!r} must be one of {LINEAR_SCHEDULES}")
     _require(e.knn_weights in KNN_WEIGHTS,
              f"config.eval.knn_weights={e.knn_weights!r} must be one of {KNN_WEIGHTS}")
+    _require(e.protocol in EVAL_PROTOCOLS,
+             f"config.eval.protocol={e.protocol!r} must be one of {EVAL_PROTOCOLS}")
+    _require(e.linear_test_views in LINEAR_TEST_VIEWS,
+             f"config.eval.linear_test_views={e.linear_test_views!r} must be one of "
+             f"{LINEAR_TEST_VIEWS}")
+    _require(not (e.linear_test_views == "ten_crop" and e.linear_views == "center"),
+             "config.eval.linear_test_views='ten_crop' needs probes that see images "
+             "(config.eval.linear_views 'augmented' or 'translate'), not the cached centre views")
+    _positive_int(config, "eval.linear_test_every", minimum=0)
+
+
+def apply_eval_protocol(config: ml_collections.ConfigDict, overrides: dict | None = None) -> None:
+    """With config.eval.protocol='reference', sets the REFERENCE_PROBE fields in place, except those
+    named in `overrides` (the command line's `--config.eval.x=...`, as 'eval.x' keys)."""
+    if config.eval.get("protocol") != "reference":
+        return
+    given = set(overrides or ())
+    for key, value in REFERENCE_PROBE.items():
+        if f"eval.{key}" not in given:
+            config.eval[key] = value
 
 
 def auto_k(num_images: int) -> int:

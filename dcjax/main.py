@@ -37,11 +37,12 @@ def main(argv: list[str]) -> None:
     except ValueError as e:
         cli.fail(str(e))
     from dcjax.checkpoint import CheckpointError
-    from dcjax.config_lib import ConfigError
+    from dcjax.config_lib import ConfigError, apply_eval_protocol
     from dcjax.data.datasets import DataError
     from dcjax.stopping import EXIT_DIVERGED, Diverged, Interrupted
     from dcjax.train import train_and_evaluate
 
+    apply_eval_protocol(FLAGS.config, FLAGS["config"].override_values)
     try:
         train_and_evaluate(FLAGS.config, workdir)
     except (ConfigError, DataError, CheckpointError) as e:

@@ -271,6 +271,28 @@ def test_translate_view_flips_and_bad_crop_is_refused():
                             np.random.default_rng(0))
 
 
+def test_ten_crop_views_are_the_corners_and_centre_of_the_resized_image_and_mirrors():
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)  # landscape; shorter side 40
+    view = pipeline.ViewConfig(image_size=24, resize_size=40)  # no resize: whole-pixel windows
+    crops = pipeline.ten_crop_views(image, view)
+    assert crops.shape == (10, 24, 24, 3) and crops.dtype == np.uint8
+    expected = [image[:24, :24], image[:24, 32:], image[16:, :24], image[16:, 32:],
+                image[8:32, 16:40]]
+    for got, want in zip(crops[:5], expected):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(crops[5:], crops[:5, :, ::-1])
+    # With a resize, the fifth is the deterministic view itself.
+    view = pipeline.ViewConfig(image_size=16, resize_size=18)
+    crops = pipeline.ten_crop_views(image, view)
+    np.testing.assert_array_equal(crops[4], pipeline.center_view(image, view))
+    source, _ = open_split("digits", "test")
+    batch = next(pipeline.ordered_batches(source, view, 8, ten_crop=True))
+    assert batch["image"].shape == (8, 10, 16, 16, 3) and batch["mask"].all()
+    np.testing.assert_array_equal(batch["image"][:, 4],
+                                  next(pipeline.ordered_batches(source, view, 8))["image"])
+
+
 def test_prepare_cli_reports_bad_source(tmp_path):
     result = subprocess.run([sys.executable, "-m", "dcjax.data.prepare",
                              f"--source={tmp_path}/nothing", "--name=x",

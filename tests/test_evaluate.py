@@ -302,3 +302,73 @@ def test_reference_probe_schedule_is_eval_linears():
         updates, state = tx.update({"w": jnp.ones(())}, state, params)
         expected = 0.5 / np.sqrt(1 + 0.5 * 0.1 * step)
         np.testing.assert_allclose(float(updates["w"]), -expected, rtol=1e-6)
+
+
+# ------------------------------------------------------------------ the reference probe protocol
+
+
+def test_multi_view_test_averages_the_softmax_not_the_logits():
+    import jax.numpy as jnp
+    import optax
+
+    from dcjax.evaluate.linear import make_probe_fns
+
+    # One image, three views; each view's 2-d "feature" is its logits (identity head). One view
+    # says class 0 by a wide margin, two say class 1 by a narrow one: the mean logits [3.3, 2] pick
+    # class 0, the mean softmax [0.37, 0.63] class 1 (the reference averages the softmax).
+    views = np.array([[[[[10.0, 0.0]]], [[[0.0, 3.0]]], [[[0.0, 3.0]]]]], np.float32)
+    assert views[0, :, 0, 0].mean(0).argmax() == 0
+    probes = {"x": {"kernel": jnp.eye(2), "bias": jnp.zeros(2)}}
+    _, eval_step = make_probe_fns(lambda v, x: {"x": x.reshape(x.shape[0], -1)},
+                                  optax.sgd(0.1), normalize=False)
+    count = eval_step(probes, None, (), jnp.asarray(views), jnp.array([1]), jnp.array([True]))
+    assert int(count["x"]) == 1
+    count = eval_step(probes, None, (), jnp.asarray(views[:, 0]), jnp.array([1]), jnp.array([True]))
+    assert int(count["x"]) == 0  # a single view ([B, H, W, C]) is scored by its own logits
+
+
+def test_reference_protocol_sets_eval_linears_fields_but_not_the_given_ones():
+    from dcjax.config_lib import REFERENCE_PROBE, apply_eval_protocol, validate
+
+    c = digits_smoke()
+    apply_eval_protocol(c)
+    assert c.eval.linear_epochs == 1  # 'dcjax': nothing changes
+    c = digits_smoke(**{"eval.protocol": "reference", "eval.linear_epochs": 3})
+    apply_eval_protocol(c, {"eval.protocol": "reference", "eval.linear_epochs": 3})
+    assert c.eval.linear_epochs == 3  # given on the command line: kept
+    assert (c.eval.linear_lr, c.eval.linear_weight_decay, c.eval.linear_schedule) == \
+        (0.01, 1e-7, "reference")
+    assert (c.eval.linear_views, c.eval.linear_test_views, c.eval.linear_test_every) == \
+        ("translate", "ten_crop", 1)
+    assert REFERENCE_PROBE["linear_epochs"] == 90 and c.eval.batch_size == 256
+    validate(c)
+    for field, value in (("eval.protocol", "paper"), ("eval.linear_test_views", "five"),
+                         ("eval.linear_test_every", -1)):
+        with pytest.raises(ConfigError, match=field.split(".")[1]):
+            validate(digits_smoke(**{field: value}))
+    with pytest.raises(ConfigError, match="ten_crop"):
+        validate(digits_smoke(**{"eval.linear_views": "center", "eval.linear_test_views": "ten_crop"}))
+
+
+@pytest.mark.slow
+def test_reference_protocol_on_the_command_line(trained_run):
+    from dcjax.evaluate.table import table
+
+    out = run_cli(f"--workdir={trained_run}", "--protocol=linear", "--config.eval.protocol=reference",
+                  "--config.eval.linear_epochs=3", "--config.eval.batch_size=64")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "best top-1 on test (after epochs)" in out.stdout
+    result = json.loads((trained_run / "eval" / "linear_reference.json").read_text())
+    assert (result["protocol"], result["views"], result["test_views"]) == \
+        ("reference", "translate", "ten_crop")
+    assert (result["epochs"], result["batch_size"], result["weight_decay"]) == (3, 64, 1e-7)
+    for r in result["layers"].values():
+        curve = r["top1_after_epochs"]
+        assert list(curve) == ["1", "2", "3"] and r["top1"] == curve["3"]
+        assert r["best_top1"] == max(curve.values()) and curve[str(r["best_after_epochs"])] == \
+            r["best_top1"]
+        assert 0.1 < r["top1"] <= 1.0  # above chance
+    best = table(trained_run, "reference", best=True).splitlines()
+    assert "conv1 (best on test)" in best[0]
+    cells = [c.strip() for c in best[2].split("|")[2:7]]
+    assert cells == [f"{100 * r['best_top1']:.2f}" for r in result["layers"].values()]

@@ -115,6 +115,20 @@ def center_view(image: np.ndarray, view: ViewConfig) -> np.ndarray:
     return _resize(image, (view.image_size, view.image_size), (left, top, left + crop, top + crop))
 
 
+def ten_crop_views(image: np.ndarray, view: ViewConfig) -> np.ndarray:
+    """The reference probe's test views: the shorter side resized to `resize_size`, then the four
+    corner and the centre `image_size` crops of the whole resized image (not of its centre square),
+    and their mirror images: [10, S, S, 3] uint8, the centre crop (= `center_view`) fifth."""
+    h, w = image.shape[:2]
+    scale = view.resize_size / min(h, w)
+    crop = view.image_size / scale  # the crop's side in source pixels
+    right, bottom = w - crop, h - crop
+    corners = ((0.0, 0.0), (right, 0.0), (0.0, bottom), (right, bottom), (right / 2, bottom / 2))
+    size = (view.image_size, view.image_size)
+    crops = np.stack([_resize(image, size, (x, y, x + crop, y + crop)) for x, y in corners])
+    return np.concatenate([crops, crops[:, :, ::-1]])
+
+
 def random_resized_crop_box(h: int, w: int, rng: np.random.Generator,
                             scale: Sequence[float], ratio: Sequence[float]) -> tuple[int, int, int, int]:
     """(top, left, height, width) of a crop with area fraction in `scale` and aspect in `ratio`.
@@ -295,16 +309,18 @@ def _host_batches(indices: np.ndarray, global_batch: int, process_index: int,
 
 def ordered_batches(source: Any, view: ViewConfig, global_batch: int, *, process_index: int = 0,
                     process_count: int = 1, num_threads: int = 2, prefetch: int = 4,
-                    num_workers: int = 0) -> Iterator[Batch]:
-    """Every record once, in order, deterministic view; last batch padded (mask False, index -1)."""
+                    num_workers: int = 0, ten_crop: bool = False) -> Iterator[Batch]:
+    """Every record once, in order, deterministic view; last batch padded (mask False, index -1).
+    `ten_crop`: each image's `ten_crop_views` instead, images [B, 10, S, S, 3]."""
     import grain
 
     n = len(source)
     padded = np.full(math.ceil(n / global_batch) * global_batch, -1, dtype=np.int64)
     padded[:n] = np.arange(n)
     rows, positions = _host_batches(padded, global_batch, process_index, process_count)
+    views = ten_crop_views if ten_crop else center_view
     batches = _BatchSource(source, rows, positions,
-                           lambda value, position: center_view(decode_image(value), view))
+                           lambda value, position: views(decode_image(value), view))
     return _iterate(grain.MapDataset.source(batches), num_threads, prefetch, num_workers)
 
 

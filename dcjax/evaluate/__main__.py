@@ -40,12 +40,13 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    from dcjax.config_lib import ConfigError
+    from dcjax.config_lib import ConfigError, apply_eval_protocol
     from dcjax.data.datasets import DataError
     from dcjax.evaluate.run import evaluate
 
     try:
         distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        apply_eval_protocol(FLAGS.config, FLAGS["config"].override_values)
         evaluate(FLAGS.config, FLAGS.workdir, FLAGS.protocol, FLAGS.init, FLAGS.features, FLAGS.step)
     except (ConfigError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -163,7 +163,9 @@ def make_probe_fns(feature_fn: Callable, tx, normalize: bool) -> tuple[Callable,
 
     With `normalize`, each feature is standardised before its head, like a BatchNorm without scale
     or shift: by the batch's statistics in training (global batch), by their running averages in
-    testing. `stats` is then {name: {'mean', 'var'}}, else None.
+    testing. `stats` is then {name: {'mean', 'var'}}, else None. Test images of shape
+    [B, V, ...] (several views of each, e.g. ten crops) are scored by their softmax averaged over
+    the V views.
     """
 
     def train_step(probes, opt_state, stats, variables, images, labels):
@@ -184,10 +186,19 @@ def make_probe_fns(feature_fn: Callable, tx, normalize: bool) -> tuple[Callable,
         return optax.apply_updates(probes, updates), opt_state, stats, losses
 
     def eval_step(probes, stats, variables, images, labels, mask):
+        views = images.shape[1] if images.ndim == 5 else 0
+        if views:  # [B, V, H, W, C] -> [B * V, H, W, C], each image's views side by side
+            images = images.reshape(-1, *images.shape[2:])
         feats = feature_fn(variables, images)
-        return {name: jnp.sum((jnp.argmax(_logits(
-            probes[name], _standardize(feats[name], stats[name] if normalize else None)), -1)
-            == labels) & mask) for name in probes}
+
+        def scores(name):
+            logits = _logits(probes[name], _standardize(feats[name],
+                                                        stats[name] if normalize else None))
+            if not views:
+                return logits
+            return jax.nn.softmax(logits).reshape(-1, views, logits.shape[-1]).mean(1)
+
+        return {name: jnp.sum((jnp.argmax(scores(name), -1) == labels) & mask) for name in probes}
 
     return jax.jit(train_step, donate_argnums=(0, 1, 2)), jax.jit(eval_step)
 
@@ -232,15 +243,17 @@ def linear_probe(config: ml_collections.ConfigDict, net: Network, splits: Splits
     augmented = e.linear_views in ("augmented", "translate")
     run = _augmented_views if augmented else _center_views
     poll = _counted(on_batch, steps * e.linear_epochs)
-    correct, history, extra = run(config, net, splits, mesh, poolings, names, tx, steps,
-                                  (probes, opt_state, stats), log, poll)
+    tests, history, extra = run(config, net, splits, mesh, poolings, names, tx, steps,
+                                (probes, opt_state, stats), log, poll)
     m = len(splits.test)
-    layers = {name: {"top1": correct[name] / m, "dim": p.dim, "pooling": p.describe(),
+    layers = {name: {**layer_scores(tests, name, m), "dim": p.dim, "pooling": p.describe(),
                      "final_train_loss": history[-1][name] if history else None}
               for name, p in zip(names, poolings)}
-    return {"layers": layers, "views": e.linear_views, "epochs": e.linear_epochs,
+    return {"layers": layers, "protocol": e.protocol, "views": e.linear_views,
+            "test_views": e.linear_test_views, "test_every": e.linear_test_every,
+            "epochs": e.linear_epochs, "batch_size": batch,
             "normalize": bool(e.linear_normalize), "lr": e.linear_lr,
-            "schedule": e.linear_schedule,
+            "momentum": e.linear_momentum, "schedule": e.linear_schedule,
             "weight_decay": e.linear_weight_decay,
             "crop_scale": list(e.crop_scale) if e.linear_views == "augmented" else None,
             "flip": bool(d.flip) if augmented else None,
@@ -289,13 +302,15 @@ class ViewSource:
 
 
 def fit_probes(source: ViewSource, names: list[str], tx, state: tuple, epochs: int,
-               normalize: bool, log: Callable[[str], None], poll: Callable[[], None]):
+               normalize: bool, log: Callable[[str], None], poll: Callable[[], None],
+               test_every: int = 0):
     """The one fit loop of every probe variant: `epochs` epochs of SGD on the linear heads over
-    `source.train`, then the correct counts on `source.test`. Returns (correct {layer: int},
-    history [{layer: mean train loss}] per epoch)."""
+    `source.train`, with the correct counts on `source.test` after the last epoch and, when
+    `test_every` > 0, after every `test_every`-th. Returns (tests [(epoch, {layer: correct})], the
+    last epoch's last, history [{layer: mean train loss}] per epoch)."""
     train_step, eval_step = make_probe_fns(source.features, tx, normalize)
     probes, opt_state, stats = state
-    history = []
+    history, tests = [], []
     for epoch in range(epochs):
         sums = {name: 0.0 for name in names}
         for x, y in progress(source.train(epoch), total=source.steps, desc=f"probe epoch {epoch}"):
@@ -304,11 +319,26 @@ def fit_probes(source: ViewSource, names: list[str], tx, state: tuple, epochs: i
             sums = _add_losses(sums, losses)
             poll()
         history.append(_log_epoch(log, epoch, sums, source.steps))
-    correct = {name: 0 for name in names}
-    for x, y, mask in progress(source.test(), desc="probe test"):
-        counts = eval_step(probes, stats, source.variables, x, y, mask)
-        correct = {name: correct[name] + int(counts[name]) for name in names}
-    return correct, history
+        if epoch == epochs - 1 or (test_every > 0 and (epoch + 1) % test_every == 0):
+            correct = {name: 0 for name in names}
+            for x, y, mask in progress(source.test(), desc="probe test"):
+                counts = eval_step(probes, stats, source.variables, x, y, mask)
+                correct = {name: correct[name] + int(counts[name]) for name in names}
+            tests.append((epoch, correct))
+            if epoch < epochs - 1:
+                log(f"probe epoch {epoch}: test correct " +
+                    " ".join(f"{k} {v}" for k, v in correct.items()))
+    return tests, history
+
+
+def layer_scores(tests: list[tuple[int, dict]], name: str, m: int) -> dict:
+    """A layer's top-1 after the last epoch and, over the tested epochs, the best top-1 and after
+    how many epochs (chosen on the test split, as the reference eval_linear.py reports it), and
+    the curve {epochs trained: top-1}."""
+    curve = [(epoch + 1, correct[name] / m) for epoch, correct in tests]
+    best_after, best = max(curve, key=lambda t: (t[1], -t[0]))
+    return {"top1": curve[-1][1], "best_top1": best, "best_after_epochs": best_after,
+            "top1_after_epochs": {str(e): top1 for e, top1 in curve}}
 
 
 def _augmented_views(config, net, splits, mesh, poolings, names, tx, steps, state, log, poll):
@@ -332,13 +362,14 @@ def _augmented_views(config, net, splits, mesh, poolings, names, tx, steps, stat
 
     def test():
         for b in pipeline.ordered_batches(splits.test, pipeline.view_config(config), batch,
+                                          ten_crop=e.linear_test_views == "ten_crop",
                                           **loader_options(config)):
             yield arrays(b, "image", "label", "mask")
 
     source = ViewSource(conv_features(net, poolings), net.variables, train, test, steps)
-    correct, history = fit_probes(source, names, tx, state, e.linear_epochs, e.linear_normalize,
-                                  log, poll)
-    return correct, history, {}
+    tests, history = fit_probes(source, names, tx, state, e.linear_epochs, e.linear_normalize,
+                                log, poll, e.linear_test_every)
+    return tests, history, {}
 
 
 CACHE_DTYPE = jnp.float16
@@ -395,9 +426,9 @@ def _center_views(config, net, splits, mesh, poolings, names, tx, steps, state, 
                        put(np.arange(start, start + batch, dtype=np.int32), replicated))
 
     source = ViewSource(split_rows, (), train, test, steps)
-    correct, history = fit_probes(source, names, tx, state, e.linear_epochs, e.linear_normalize,
-                                  log, poll)
-    return correct, history, {"feature_seconds": feature_seconds}
+    tests, history = fit_probes(source, names, tx, state, e.linear_epochs, e.linear_normalize,
+                                log, poll, e.linear_test_every)
+    return tests, history, {"feature_seconds": feature_seconds}
 
 
 @functools.lru_cache(maxsize=8)
@@ -448,9 +479,9 @@ def train_linear(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y
 
     # No running statistics: the caller standardises the arrays.
     source = ViewSource(lambda variables, x: {"x": x}, (), train, test, steps)
-    correct, history = fit_probes(source, ["x"], tx, (probes, tx.init(probes), None),
-                                  e.linear_epochs, False, log, lambda: None)
-    return {"top1": correct["x"] / len(y_test), "final_train_loss": history[-1]["x"]}
+    tests, history = fit_probes(source, ["x"], tx, (probes, tx.init(probes), None),
+                                e.linear_epochs, False, log, lambda: None, e.linear_test_every)
+    return {**layer_scores(tests, "x", len(y_test)), "final_train_loss": history[-1]["x"]}
 
 
 def pixel_probe(config: ml_collections.ConfigDict, splits: Splits, mesh: Mesh,
@@ -466,7 +497,9 @@ def pixel_probe(config: ml_collections.ConfigDict, splits: Splits, mesh: Mesh,
     mu, sd = z_train.mean(0), z_train.std(0) + 1e-6
     result = train_linear((z_train - mu) / sd, y_train, (z_test - mu) / sd, y_test,
                           splits.info.num_classes, config, log)
-    layer = {"top1": result["top1"], "dim": dim, "pooling": f"{x_train.shape[1]} pixels, PCA {dim}",
-             "final_train_loss": result["final_train_loss"]}
-    return {"layers": {"pixels": layer}, "epochs": config.eval.linear_epochs,
+    layer = {**result, "dim": dim, "pooling": f"{x_train.shape[1]} pixels, PCA {dim}"}
+    e = config.eval
+    return {"layers": {"pixels": layer}, "protocol": e.protocol, "test_views": "center",
+            "test_every": e.linear_test_every, "epochs": e.linear_epochs, "lr": e.linear_lr,
+            "schedule": e.linear_schedule, "weight_decay": e.linear_weight_decay,
             "train_images": len(y_train), "test_images": len(y_test), "seconds": time.time() - t0}

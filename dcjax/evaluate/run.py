@@ -5,13 +5,22 @@ run, its result written to RUN/eval/<name>.json and printed as a table (the comm
 from __future__ import annotations
 
 
+def linear_variant(config) -> str:
+    """Which linear probe a config runs, as result_name's `views`: 'reference' under
+    config.eval.protocol='reference', else config.eval.linear_views."""
+    e = config.eval
+    return "reference" if e.get("protocol") == "reference" else e.linear_views
+
+
 def result_name(protocol: str, init: str, features: str, views: str = "augmented") -> str:
     """eval/<name>.json: linear | linear_random | linear_pixels (and linear_center,
-    linear_center_random for the centre-view probe, linear_translate* for the reference's views),
-    likewise knn_*, clustering_*."""
+    linear_center_random for the centre-view probe, linear_translate* for the reference's views,
+    linear_reference* for the reference protocol), likewise knn_*, clustering_*."""
     if features == "pixels":
+        if protocol == "linear" and views == "reference":
+            return "linear_reference_pixels"
         return f"{protocol}_pixels"
-    if protocol == "linear" and views in ("center", "translate"):
+    if protocol == "linear" and views in ("center", "translate", "reference"):
         protocol = f"linear_{views}"
     if init not in ("trained", "random"):  # a converted network's folder
         from pathlib import Path
@@ -24,9 +33,13 @@ def format_result(protocol: str, result: dict) -> str:
     from dcjax.writers import markdown_table
 
     if protocol == "linear":
-        return markdown_table(["layer", "dim", "pooling", "top-1"],
-                              [[name, r["dim"], r["pooling"], f"{100 * r['top1']:.2f}"]
-                               for name, r in result["layers"].items()])
+        tested = len(next(iter(result["layers"].values())).get("top1_after_epochs", {})) > 1
+        return markdown_table(
+            ["layer", "dim", "pooling", f"top-1 (epoch {result['epochs']})",
+             *(["best top-1 on test (after epochs)"] if tested else [])],
+            [[name, r["dim"], r["pooling"], f"{100 * r['top1']:.2f}",
+              *([f"{100 * r['best_top1']:.2f} ({r['best_after_epochs']})"] if tested else [])]
+             for name, r in result["layers"].items()])
     if protocol == "knn":
         return markdown_table(["features", f"kNN top-1 (k={result['k']}, {result['weights']})"],
                               [[name, f"{100 * v:.2f}"] for name, v in result["features"].items()])
@@ -53,7 +66,7 @@ def evaluate(config, workdir: str, protocol: str, init: str = "trained", feature
               "features": features, "checkpoint_step": net.step if net is not None else None,
               "dataset": config.data.name, "eval_split": config.data.eval_split,
               "devices": jax.device_count(), **result}
-    name = result_name(protocol, init, features, config.eval.linear_views)
+    name = result_name(protocol, init, features, linear_variant(config))
     path = common.write_result(workdir, name, result)
     if jax.process_index() == 0:
         print(format_result(protocol, result))

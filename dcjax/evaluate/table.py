@@ -5,7 +5,10 @@ Rows: DeepCluster (the run's checkpoint), random init (`--init=random`), raw pix
 on fc7 and PCA-whitened fc7, and NMI of k-means with k = #classes on the held-out split. Missing
 evaluations print as '-'. `--linear_views=center` takes the conv columns from the centre-view probe
 (`--config.eval.linear_views=center`, eval/linear_center*.json) instead of the paper's,
-`--linear_views=translate` from the probe on the reference's shifted views (eval/linear_translate*.json).
+`--linear_views=translate` from the probe on the reference's shifted views (eval/linear_translate*.json),
+`--linear_views=reference` from the reference protocol (`--config.eval.protocol=reference`,
+eval/linear_reference*.json). `--best` shows each probe's best tested epoch (selected on the test
+split, as the paper reports it) instead of its last.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def _load(workdir: Path, name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def table(workdir: str | Path, linear_views: str = "augmented") -> str:
+def table(workdir: str | Path, linear_views: str = "augmented", best: bool = False) -> str:
     workdir = Path(workdir)
     layers: list[str] = []
     for _, init, features in ROWS:
@@ -37,7 +40,9 @@ def table(workdir: str | Path, linear_views: str = "augmented") -> str:
         for name in (lin or {}).get("layers", {}):
             if name not in layers and name != "pixels":
                 layers.append(name)
-    header = ["features", *layers, "linear on pixels", "kNN", "kNN (PCA-whitened)", "k-means NMI"]
+    mark = " (best on test)" if best else ""
+    header = ["features", *(f"{name}{mark}" for name in layers), f"linear on pixels{mark}", "kNN",
+              "kNN (PCA-whitened)", "k-means NMI"]
     rows = []
     for label, init, features in ROWS:
         lin = _load(workdir, result_name("linear", init, features, linear_views))
@@ -45,7 +50,8 @@ def table(workdir: str | Path, linear_views: str = "augmented") -> str:
         cells = [label]
         for name in [*layers, "pixels"]:
             r = (lin or {}).get("layers", {}).get(name)
-            cells.append("-" if r is None else f"{100 * r['top1']:.2f}")
+            v = None if r is None else r.get("best_top1") if best else r["top1"]
+            cells.append("-" if v is None else f"{100 * v:.2f}")
         feats = (knn or {}).get("features", {})
         raw = [v for k, v in feats.items() if not k.endswith("_pca_whitened")]
         white = [v for k, v in feats.items() if k.endswith("_pca_whitened")]
@@ -63,12 +69,14 @@ def main(argv):
         print(f"error: {workdir / 'eval'} does not exist: run python -m dcjax.evaluate first",
               file=sys.stderr)
         sys.exit(2)
-    print(table(workdir, flags.FLAGS.linear_views))
+    print(table(workdir, flags.FLAGS.linear_views, flags.FLAGS.best))
 
 
 if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "A run's directory with eval/*.json.")
-    flags.DEFINE_enum("linear_views", "augmented", ["augmented", "translate", "center"],
+    flags.DEFINE_enum("linear_views", "augmented", ["augmented", "translate", "center", "reference"],
                       "Which linear probe fills the conv columns.")
+    flags.DEFINE_bool("best", False, "Each probe's best tested epoch (chosen on the test split) "
+                      "instead of its last.")
     flags.mark_flag_as_required("workdir")
     app.run(main)
