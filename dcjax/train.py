@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from dcjax import faults, interop, metrics, sharding
 from dcjax.checkpoint import Checkpointer, abstract_like
-from dcjax.clustering import choose_backend, run_kmeans, sample_epoch
+from dcjax.clustering import choose_backend, sample_epoch
 from dcjax.config_lib import (
     ConfigError,
     resolve_auto,
@@ -557,15 +557,15 @@ def _train(run: Run, changes: list[tuple]) -> dict:
 
 
 def finish(run: Run, state: TrainState, history: list[dict], assignment: np.ndarray) -> dict:
-    """The clustering of the trained network (written per image to RUN/export), the random-init and
-    pixel baselines, summary.json."""
+    """The clustering of the trained network (written per image to RUN/export), the comparison with
+    the random initialisation and the raw pixels (`compare`), summary.json."""
     c, lead = run.config, jax.process_index() == 0
     final = dict(history[-1]) if history else {}
     if history:
         # The epoch records cluster the network as each epoch began; this clusters the trained one
-        # and writes it per image (dcjax.export).
+        # as training does (k = config.clustering.k, PCA-whitened) and writes it per image.
         clustering, after = cluster(run, state, c.num_epochs, assignment, keep_features=True)
-        final.update({f"final_{key}": after[key] for key in
+        final.update({f"final_clusters_{key}": after[key] for key in
                       ("nmi_labels", "ari_labels", "acc_labels", "kmeans_objective")})
         if lead:
             write_cluster_grid(run, clustering.assignment, clustering.distance, c.num_epochs)
@@ -575,18 +575,52 @@ def finish(run: Run, state: TrainState, history: list[dict], assignment: np.ndar
         del clustering
         if lead:
             print(f"per-image clusters and features written to {folder}")
-        if history[0]["epoch"] == 0 and history[0].get("nmi_labels") is not None:
-            # Epoch 0 clustered the network at its initialisation: same images, same k.
-            final["random_init_nmi_labels"] = history[0]["nmi_labels"]
-    if c.get("pixel_baseline", False) and lead and final.get("final_nmi_labels") is not None:
-        final["pixel_kmeans_nmi_labels"] = pixel_baseline(run)
-        init = final.get("random_init_nmi_labels")
-        print(f"final nmi_labels (k-means, k={c.clustering.k}): DeepCluster features "
-              f"{final['final_nmi_labels']:.4f}, raw pixels {final['pixel_kmeans_nmi_labels']:.4f}"
-              + (f", random init {init:.4f}" if init is not None else ""))
+        final.update(compare(run, state))
     if lead:
         (run.workdir / "summary.json").write_text(json.dumps(final, indent=1))
     return final
+
+
+def compare(run: Run, state: TrainState) -> dict:
+    """The end-of-run comparison (evaluate.protocols.final_comparison) on the held-out split when
+    there is a labelled one, else on the training split when it is labelled: summary.json's
+    final_nmi_labels (the trained network), random_init_nmi_labels (the same architecture at its
+    random initialisation, config.seed) and, with config.pixel_baseline, pixel_kmeans_nmi_labels;
+    {'final_nmi_labels': None} without labels."""
+    from dcjax.evaluate.protocols import final_comparison
+
+    c, d, lead = run.config, run.config.data, jax.process_index() == 0
+    if run.info.num_classes < 2:
+        return {"final_nmi_labels": None}
+    source, split = run.source, d.train_split
+    if d.eval_split and d.eval_split in run.info.split_sizes:
+        source = run.eval_source or open_split(d.name, d.eval_split, d.data_dir or None)[0]
+        split = d.eval_split
+    drawn = jax.jit(lambda: create_train_state(run.model, c, jax.random.key(c.seed)),
+                    out_shardings=run.replicated)()
+    networks = {"deepcluster": Network(run.model, state.params, state.batch_stats, None),
+                "random_init": Network(run.model, drawn.params, drawn.batch_stats, None)}
+    every = c.log_every_steps
+    result = final_comparison(
+        c, networks, source, split, run.info.num_classes, run.mesh,
+        pixels=bool(c.get("pixel_baseline", False)) and lead,
+        pixel_mesh=Mesh(np.array(jax.local_devices()), (AXIS,)),
+        on_batch=lambda done, total: run.stop.check("the final comparison", done, total, every),
+        on_pixel_iteration=lambda done, total: run.stop.check_local("the pixel baseline"))
+    if result is None:  # the split's images are not all labelled
+        return {"final_nmi_labels": None}
+    out = {"comparison": result, "final_nmi_labels": result["deepcluster"]["nmi"],
+           "random_init_nmi_labels": result["random_init"]["nmi"]}
+    if "pixels" in result:
+        out["pixel_kmeans_nmi_labels"] = result["pixels"]["nmi"]
+    if lead:
+        rows = [("DeepCluster", "deepcluster"), ("random init", "random_init"), ("raw pixels", "pixels")]
+        print(f"final nmi_labels (k-means, k={result['k']} = the classes, the {result['images']} "
+              f"images of split {split!r}, mean of {result['restarts']} initialisations; fc7 "
+              f"L2-normalised): " + ", ".join(
+                  f"{label} {result[key]['nmi']:.4f} (sd {result[key]['nmi_std']:.4f})"
+                  for label, key in rows if key in result))
+    return out
 
 
 def periodic_evaluation(run: Run, state: TrainState, epoch: int) -> dict:
@@ -634,19 +668,3 @@ def format_record(r: dict) -> str:
             + (f" ({r['kmeans_rescored']:.1%} re-scored)" if r.get("kmeans_rescored") else "")
             + f" train {f('time_train', '.1f')}s"
             + (f" | knn_top1 {f('knn_top1')}" if r.get("knn_top1") is not None else ""))
-
-
-def pixel_baseline(run: Run) -> float:
-    """NMI with the true labels of k-means (same k, same iterations) on the raw pixels of the
-    deterministic view: what DeepCluster's features must beat."""
-    from dcjax.evaluate.linear import pixel_arrays
-
-    c = run.config
-    # Runs on process 0 alone (all rows, its own devices), so it is the same with any process count.
-    x, labels = pixel_arrays(c, run.source)
-    result = run_kmeans(x, c.clustering.k, backend=c.clustering.backend,
-                        iterations=c.clustering.iterations, seed=c.seed,
-                        chunk_size=c.clustering.chunk_size,
-                        mesh=Mesh(np.array(jax.local_devices()), (AXIS,)),
-                        on_iteration=lambda done, total: run.stop.check_local("the pixel baseline"))
-    return metrics.nmi(labels, result.assignment)

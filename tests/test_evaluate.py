@@ -372,3 +372,17 @@ def test_reference_protocol_on_the_command_line(trained_run):
     assert "conv1 (best on test)" in best[0]
     cells = [c.strip() for c in best[2].split("|")[2:7]]
     assert cells == [f"{100 * r['best_top1']:.2f}" for r in result["layers"].values()]
+
+
+def test_mean_nmi_averages_initialisations():
+    from dcjax.evaluate.protocols import mean_nmi
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 50)
+    separated = (np.eye(4, 8)[y] * 10 + rng.normal(size=(200, 8)) * 0.1).astype(np.float32)
+    result = mean_nmi(separated, y, 4, restarts=3, iterations=20, seed=0, chunk_size=64)
+    assert len(result["nmi_runs"]) == 3 and result["nmi"] == pytest.approx(np.mean(result["nmi_runs"]))
+    assert min(result["nmi_runs"]) > 0.7  # well-separated blobs are found from any start
+    noise = rng.normal(size=(200, 8)).astype(np.float32)
+    result = mean_nmi(noise, y, 4, restarts=3, iterations=20, seed=0, chunk_size=64)
+    assert result["nmi"] < 0.2 and result["nmi_std"] > 0  # no structure; the starts differ

@@ -51,6 +51,16 @@ def test_two_epochs_end_to_end(tmp_path):
     assert records[0]["nmi_prev"] is None and 0.0 <= records[1]["nmi_prev"] <= 1.0
     assert final["epoch"] == 1 and "pixel_kmeans_nmi_labels" in final
     assert 0.0 <= final["final_nmi_labels"] <= 1.0
+    # The end-of-run comparison: k = the 10 classes on the 359 held-out digits, 10 initialisations.
+    comparison = final["comparison"]
+    assert (comparison["k"], comparison["split"], comparison["images"]) == (10, "test", 359)
+    for key, field in (("deepcluster", "final_nmi_labels"), ("random_init", "random_init_nmi_labels"),
+                       ("pixels", "pixel_kmeans_nmi_labels")):
+        runs = comparison[key]["nmi_runs"]
+        assert len(runs) == comparison["restarts"] == 10 and len(set(runs)) > 1  # seeds differ
+        assert final[field] == comparison[key]["nmi"] == pytest.approx(np.mean(runs))
+        assert 0.3 < final[field] <= 1.0  # digits cluster far above chance in every space
+    assert 0.0 <= final["final_clusters_nmi_labels"] <= 1.0  # the exported clustering (k = 10)
     for name in ("nmi.png", "cluster_sizes.png", "phase_times.png", "clusters.png",
                  "conv1_filters.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 1000

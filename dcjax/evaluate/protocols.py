@@ -120,3 +120,56 @@ def clustering_protocol(config: ml_collections.ConfigDict, net: Network | None, 
         name = "fc7"
     return {"features": name, "k": C, "pca_dim": min(cl.pca_dim, config.model.fc_dim), **scores,
             "test_images": len(splits.test), "seconds": time.time() - t0}
+
+
+# ------------------------------------------------------------------ the end-of-run comparison
+
+COMPARISON_RESTARTS = 10  # k-means initialisations averaged in `final_comparison`
+
+
+def mean_nmi(features, labels: np.ndarray, k: int, *, restarts: int, iterations: int, seed: int,
+             chunk_size: int, mesh: Mesh | None = None, valid: np.ndarray | None = None,
+             on_iteration: Callable[[int, int], None] | None = None) -> dict:
+    """NMI with `labels` of k-means on `features` as they are, averaged over `restarts`
+    initialisations (seeds seed, seed + 1, ...): {'nmi': mean, 'nmi_std', 'nmi_runs'}."""
+    runs = [cluster_quality(features, labels, k, pca_dim=None, iterations=iterations, seed=seed + i,
+                            chunk_size=chunk_size, mesh=mesh, valid=valid,
+                            on_iteration=on_iteration)["nmi"] for i in range(restarts)]
+    return {"nmi": float(np.mean(runs)), "nmi_std": float(np.std(runs)), "nmi_runs": runs}
+
+
+def _l2_rows(rows: jax.Array) -> jax.Array:
+    return rows / jax.numpy.maximum(jax.numpy.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+def final_comparison(config: ml_collections.ConfigDict, networks: dict[str, Network], source: Any,
+                     split: str, num_classes: int, mesh: Mesh, *, pixels: bool,
+                     pixel_mesh: Mesh | None = None,
+                     on_batch: Callable[[int, int], None] | None = None,
+                     on_pixel_iteration: Callable[[int, int], None] | None = None) -> dict | None:
+    """What the end of a run prints: NMI with the labels of k-means with k = the number of classes
+    on the images of `source` (a labelled split, held-out when there is one), for each network's
+    fc7 features L2-normalised (no PCA-whitening: a whitening fitted on a few hundred held-out
+    images would mostly amplify noise) and, with `pixels`, for the raw pixels of the
+    deterministic view, each averaged over COMPARISON_RESTARTS k-means initialisations. Same k,
+    same images and same initialisation seeds for all. Pixels run on `pixel_mesh` (the caller's
+    process alone). Returns {'k', 'split', 'images', 'restarts', name: {'nmi', 'nmi_std', ...}},
+    or None when some image of `source` has no label."""
+    cl = config.clustering
+    common = dict(restarts=COMPARISON_RESTARTS, iterations=cl.iterations, seed=config.seed,
+                  chunk_size=cl.chunk_size)
+    out: dict[str, Any] = {"k": num_classes, "split": split, "images": len(source),
+                           "restarts": COMPARISON_RESTARTS, "features": "fc7, L2-normalised"}
+    for name, net in networks.items():
+        feature_fn = jax.jit(make_feature_fn(net.model, "fc7"))
+        f = fc7_features(config, feature_fn, net.variables, source, mesh, f"{name} features",
+                         on_batch=on_batch)
+        if f.labels.min() < 0:
+            return None
+        out[name] = mean_nmi(_l2_rows(f.rows), f.row_labels, num_classes, mesh=mesh,
+                             valid=f.valid, on_iteration=on_batch, **common)
+    if pixels:
+        x, y = pixel_arrays(config, source)
+        out["pixels"] = mean_nmi(x, y, num_classes, mesh=pixel_mesh,
+                                 on_iteration=on_pixel_iteration, **common)
+    return out
