@@ -85,13 +85,14 @@ def collect(workdir: Path, combo: dict[str, str]) -> dict:
     summary = workdir / "summary.json"
     if summary.exists():
         s = json.loads(summary.read_text())
-        for key in ("epoch", "final_nmi_labels", "nmi_prev", "nonempty_clusters"):
+        for key in ("epoch", "final_nmi_labels", "final_clusters_nmi_labels", "nmi_prev",
+                    "nonempty_clusters"):
             row[key] = s.get(key)
     knn = workdir / "eval" / "knn.json"
     if knn.exists():
         for name, v in json.loads(knn.read_text())["features"].items():
             row[f"knn_{name}"] = v
-    for prefix in ("linear", "linear_translate", "linear_center"):
+    for prefix in ("linear", "linear_translate", "linear_center", "linear_reference"):
         linear = workdir / "eval" / f"{prefix}.json"
         if linear.exists():
             layers = json.loads(linear.read_text())["layers"]
@@ -125,7 +126,7 @@ def plot(root: Path, key: str, rows: list[dict]) -> Path | None:
     metrics = [("linear_best", "linear probe, best layer"),
                ("linear_translate_best", "probe on shifted views, best layer"),
                ("linear_center_best", "centre-view probe, best layer"), ("knn_fc7", "kNN top-1, fc7"),
-               ("final_nmi_labels", "NMI(k-means of final net, labels)")]
+               ("final_nmi_labels", "NMI(k-means, k = classes, of final fc7, labels)")]
     present = [(m, label) for m, label in metrics if any(r.get(m) is not None for r in rows)]
     if not present:
         return None
