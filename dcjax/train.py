@@ -368,12 +368,18 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
                view_cache=view_cache)
 
 
+def drawn_state(run: Run) -> TrainState:
+    """The train state drawn from key(config.seed), replicated on the mesh."""
+    c = run.config
+    return jax.jit(lambda: create_train_state(run.model, c, jax.random.key(c.seed)),
+                   out_shardings=run.replicated)()
+
+
 def initial_state(run: Run) -> TrainState:
     """The initial train state (key(config.seed)), created directly replicated on the mesh; with
     config.model.init, the converted network of that folder in place of the drawn weights."""
     c = run.config
-    state = jax.jit(lambda: create_train_state(run.model, c, jax.random.key(c.seed)),
-                    out_shardings=run.replicated)()
+    state = drawn_state(run)
     if c.model.init:  # a converted network (dcjax.convert) in place of the random body
         params, stats = interop.load_into(c.model.init, state.params, state.batch_stats)
         state = state.replace(params=jax.device_put(params, run.replicated),
@@ -596,8 +602,7 @@ def compare(run: Run, state: TrainState) -> dict:
     if d.eval_split and d.eval_split in run.info.split_sizes:
         source = run.eval_source or open_split(d.name, d.eval_split, d.data_dir or None)[0]
         split = d.eval_split
-    drawn = jax.jit(lambda: create_train_state(run.model, c, jax.random.key(c.seed)),
-                    out_shardings=run.replicated)()
+    drawn = drawn_state(run)
     networks = {"deepcluster": Network(run.model, state.params, state.batch_stats, None),
                 "random_init": Network(run.model, drawn.params, drawn.batch_stats, None)}
     every = c.log_every_steps

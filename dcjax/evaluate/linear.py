@@ -306,8 +306,8 @@ def fit_probes(source: ViewSource, names: list[str], tx, state: tuple, epochs: i
                test_every: int = 0):
     """The one fit loop of every probe variant: `epochs` epochs of SGD on the linear heads over
     `source.train`, with the correct counts on `source.test` after the last epoch and, when
-    `test_every` > 0, after every `test_every`-th. Returns (tests [(epoch, {layer: correct})], the
-    last epoch's last, history [{layer: mean train loss}] per epoch)."""
+    `test_every` > 0, after every `test_every`-th. Returns (tests [(epoch, {layer: correct})], whose
+    last entry is the last epoch's, and history [{layer: mean train loss}] per epoch)."""
     train_step, eval_step = make_probe_fns(source.features, tx, normalize)
     probes, opt_state, stats = state
     history, tests = [], []

@@ -18,7 +18,7 @@ from dcjax.clustering.pca import apply_pca, pca_whiten
 from dcjax.data import pipeline
 from dcjax.data.pipeline import loader_options
 from dcjax.evaluate.common import Network, Splits
-from dcjax.evaluate.knn import knn_predict
+from dcjax.evaluate.knn import knn_predict, l2_normalize
 from dcjax.evaluate.linear import pixel_arrays
 from dcjax.features import Features, extract
 from dcjax.step import make_feature_fn
@@ -138,10 +138,6 @@ def mean_nmi(features, labels: np.ndarray, k: int, *, restarts: int, iterations:
     return {"nmi": float(np.mean(runs)), "nmi_std": float(np.std(runs)), "nmi_runs": runs}
 
 
-def _l2_rows(rows: jax.Array) -> jax.Array:
-    return rows / jax.numpy.maximum(jax.numpy.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-
-
 def final_comparison(config: ml_collections.ConfigDict, networks: dict[str, Network], source: Any,
                      split: str, num_classes: int, mesh: Mesh, *, pixels: bool,
                      pixel_mesh: Mesh | None = None,
@@ -166,7 +162,7 @@ def final_comparison(config: ml_collections.ConfigDict, networks: dict[str, Netw
                          on_batch=on_batch)
         if f.labels.min() < 0:
             return None
-        out[name] = mean_nmi(_l2_rows(f.rows), f.row_labels, num_classes, mesh=mesh,
+        out[name] = mean_nmi(l2_normalize(f.rows), f.row_labels, num_classes, mesh=mesh,
                              valid=f.valid, on_iteration=on_batch, **common)
     if pixels:
         x, y = pixel_arrays(config, source)
