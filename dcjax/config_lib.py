@@ -24,6 +24,7 @@ from dcjax.view_cache import MODES as VIEW_CACHE_MODES
 
 LINEAR_VIEWS = ("augmented", "translate", "center")  # config.eval.linear_views
 LINEAR_SCHEDULES = ("cosine", "reference")  # config.eval.linear_schedule
+LR_SCHEDULES = ("constant", "cosine")  # config.optim.lr_schedule
 LINEAR_TEST_VIEWS = ("center", "ten_crop")  # config.eval.linear_test_views
 EVAL_PROTOCOLS = ("dcjax", "reference")  # config.eval.protocol
 # config.eval.protocol='reference': the official eval_linear.py as its shipped eval_linear.sh runs it
@@ -52,6 +53,7 @@ FROZEN = (
     "model.init", "model.bn_variance",
     "clustering.k", "clustering.pca_dim", "clustering.iterations", "clustering.sampler",
     "optim.lr", "optim.momentum", "optim.weight_decay", "optim.head_lr", "optim.head_weight_decay",
+    "optim.lr_schedule", "optim.lr_decay_epochs",
 )
 RESUMABLE = (
     "num_epochs", "checkpoint_every_steps", "keep_checkpoints", "log_every_steps",
@@ -146,6 +148,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.weight_decay = 1e-5
     c.optim.head_lr = 0.05
     c.optim.head_weight_decay = 1e-5
+    # 'constant' (the reference) or 'cosine': both learning rates follow half a cosine from their
+    # value to 0 over the first lr_decay_epochs epochs' steps and stay at 0 after (step.lr_scale).
+    c.optim.lr_schedule = "constant"
+    c.optim.lr_decay_epochs = 0  # 'cosine' only: > 0; frozen, so a longer run keeps the same decay
 
     # Evaluation (python -m dcjax.evaluate; docs/design.md section 2, "Linear probe protocol").
     c.eval_every_epochs = 0  # > 0: run config.evals on eval_split every this many epochs
@@ -312,6 +318,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     for key in ("weight_decay", "head_weight_decay"):
         _require(_finite(o[key]) and o[key] >= 0,
                  f"config.optim.{key}={o[key]} must be a non-negative finite number")
+    _require(o.lr_schedule in LR_SCHEDULES,
+             f"config.optim.lr_schedule={o.lr_schedule!r} must be one of {LR_SCHEDULES}")
+    _require(isinstance(o.lr_decay_epochs, int) and not isinstance(o.lr_decay_epochs, bool)
+             and (o.lr_decay_epochs > 0 if o.lr_schedule == "cosine" else o.lr_decay_epochs >= 0),
+             f"config.optim.lr_decay_epochs={o.lr_decay_epochs!r} must be a positive integer with "
+             f"lr_schedule={o.lr_schedule!r}" if o.lr_schedule == "cosine" else
+             f"config.optim.lr_decay_epochs={o.lr_decay_epochs!r} must be a non-negative integer")
     _require(_finite(o.momentum) and 0 <= o.momentum < 1,
              f"config.optim.momentum={o.momentum} must be in [0, 1)")
     _require(isinstance(cl.k, int) and not isinstance(cl.k, bool) and cl.k >= 0,

@@ -49,6 +49,19 @@ def head_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     return optax.chain(optax.add_decayed_weights(o.head_weight_decay), optax.sgd(o.head_lr))
 
 
+def lr_scale(config: ml_collections.ConfigDict, step, steps_per_epoch: int):
+    """The factor both learning rates are multiplied by at global step `step` (jnp scalar):
+    1 for config.optim.lr_schedule 'constant'; for 'cosine', (1 + cos(pi * t)) / 2 with
+    t = step / (lr_decay_epochs * steps_per_epoch), capped at 1 (so 0 from then on). Scaling the
+    SGD update after momentum is PyTorch's semantics for a learning-rate schedule."""
+    o = config.optim
+    if o.lr_schedule == "constant":
+        return jnp.ones((), jnp.float32)
+    total = max(1, o.lr_decay_epochs * steps_per_epoch)
+    t = jnp.minimum(jnp.asarray(step, jnp.float32) / total, 1.0)
+    return 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+
+
 def new_head(rng: jax.Array, head: dict) -> dict:
     """A fresh top_layer like `head`: weights N(0, 0.01), bias 0."""
     kernel = 0.01 * jax.random.normal(rng, head["kernel"].shape, head["kernel"].dtype)
@@ -74,8 +87,9 @@ def reset_head(state: TrainState, config: ml_collections.ConfigDict, rng: jax.Ar
                          head_opt_state=head_optimizer(config).init(head))
 
 
-def make_train_step(model, config: ml_collections.ConfigDict) -> Callable:
-    """(state, images uint8 [B,H,W,3], labels [B], rng) -> (state, {'loss', 'accuracy'})."""
+def make_train_step(model, config: ml_collections.ConfigDict, steps_per_epoch: int = 1) -> Callable:
+    """(state, images uint8 [B,H,W,3], labels [B], rng) -> (state, {'loss', 'accuracy'}).
+    `steps_per_epoch` sets the length of a config.optim.lr_schedule other than 'constant'."""
     body_tx, head_tx = body_optimizer(config), head_optimizer(config)
 
     def loss_fn(params, batch_stats, images, labels, rng):
@@ -95,6 +109,10 @@ def make_train_step(model, config: ml_collections.ConfigDict) -> Callable:
         body_grads, head_grads = split_head(grads)
         body_updates, body_opt_state = body_tx.update(body_grads, state.body_opt_state, body)
         head_updates, head_opt_state = head_tx.update(head_grads, state.head_opt_state, head)
+        if config.optim.lr_schedule != "constant":
+            scale = lr_scale(config, state.step, steps_per_epoch)
+            body_updates, head_updates = jax.tree_util.tree_map(
+                lambda u: u * scale.astype(u.dtype), (body_updates, head_updates))
         body = optax.apply_updates(body, body_updates)
         head = optax.apply_updates(head, head_updates)
         new_state = state.replace(step=state.step + 1, params={**body, HEAD: head},

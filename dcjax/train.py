@@ -345,7 +345,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
                                         across_processes=jax.process_count() > 1)
         print(f"k-means: {choice} ({reason}; config.clustering.backend='auto')")
     model = from_config(config, config.clustering.k)
-    train_step = jax.jit(make_train_step(model, config), donate_argnums=0)
+    # Every sampler draws len(source) images an epoch (dcjax/clustering/sampler.py).
+    steps_per_epoch = max(1, len(source) // config.batch_size)
+    train_step = jax.jit(make_train_step(model, config, steps_per_epoch), donate_argnums=0)
     feature_fn = jax.jit(make_feature_fn(model, "fc7"))
     eval_source = None
     periodic = {name: e for name, e in evaluators.from_config(config).items() if e.period()}

@@ -48,6 +48,8 @@ def test_imagenet_config_is_the_papers_setup():
     ("clustering.pca_dim", 4096, "config.clustering.pca_dim=4096 exceeds"),
     ("data.view_cache", "ram", "config.data.view_cache='ram' must be one of"),
     ("data.view_cache_share", 1.5, "config.data.view_cache_share=1.5 must be in (0, 1]"),
+    ("optim.lr_schedule", "step", "config.optim.lr_schedule='step' must be one of"),
+    ("optim.lr_decay_epochs", -3, "config.optim.lr_decay_epochs=-3 must be a non-negative integer"),
 ])
 def test_bad_values_name_the_field(field, value, message):
     c = digits()
@@ -56,6 +58,16 @@ def test_bad_values_name_the_field(field, value, message):
     with pytest.raises(ConfigError) as e:
         validate(c, num_devices=4)
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_cosine_schedule_needs_its_length():
+    c = digits()
+    c.optim.lr_schedule = "cosine"
+    with pytest.raises(ConfigError, match=r"config.optim.lr_decay_epochs=0 must be a positive "
+                                          r"integer with lr_schedule='cosine'"):
+        validate(c, num_devices=4)
+    c.optim.lr_decay_epochs = 30
+    validate(c, num_devices=4)
 
 
 def test_allowed_values_are_the_implementations_own():

@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from dcjax.features import layout_index
 from dcjax.models import create_model
-from dcjax.step import HEAD, create_train_state, make_train_step, reset_head
+from dcjax.step import HEAD, create_train_state, lr_scale, make_train_step, reset_head
 from dcjax.train import train_and_evaluate
 
 REQUIRED = ("epoch", "loss", "kmeans_objective", "nmi_prev", "nmi_labels", "ari_labels",
@@ -104,6 +104,39 @@ def test_head_reset_keeps_body_and_its_momentum():
     # The body's optimizer carries momentum; the head's is SGD without momentum (empty state).
     assert any(np.abs(x).sum() > 0 for x in jax.tree.leaves(new.body_opt_state))
     assert all(np.size(x) == 0 for x in jax.tree.leaves(new.head_opt_state))
+
+
+def test_cosine_schedule_scales_both_updates_and_reaches_zero():
+    c = tiny()
+    c.optim.lr_schedule, c.optim.lr_decay_epochs = "cosine", 2
+    scales = [float(lr_scale(c, s, steps_per_epoch=2)) for s in (0, 1, 2, 3, 4, 9)]
+    np.testing.assert_allclose(scales, [1, (1 + np.cos(np.pi / 4)) / 2, 0.5,
+                                        (1 + np.cos(3 * np.pi / 4)) / 2, 0, 0], atol=1e-6)
+    model = create_model("alexnet_small", 10, image_size=32, widths=(8, 8, 8, 8, 8), fc_dim=16)
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), np.uint8))
+    labels, key = jnp.arange(8) % 10, jax.random.key(1)
+    params = {}
+    for schedule in ("constant", "cosine"):
+        c.optim.lr_schedule = schedule
+        step = jax.jit(make_train_step(model, c, steps_per_epoch=1))
+        state = create_train_state(model, c, jax.random.key(0))
+        states = [state]
+        for _ in range(3):
+            state, _ = step(state, images, labels, key)
+            states.append(state)
+        params[schedule] = [s.params for s in states]
+    # Step 0 is at full rate in both; from step 2 (= lr_decay_epochs * steps_per_epoch) the cosine
+    # schedule's updates are 0 for the body and the head, while the constant one keeps moving.
+    for name in ("conv1", "fc7", HEAD):
+        np.testing.assert_array_equal(params["cosine"][1][name]["kernel"],
+                                      params["constant"][1][name]["kernel"])
+        np.testing.assert_array_equal(params["cosine"][3][name]["kernel"],
+                                      params["cosine"][2][name]["kernel"])
+        assert not np.allclose(params["constant"][3][name]["kernel"],
+                               params["constant"][2][name]["kernel"])
+        # Step 1 runs at half the rate: a smaller move than the constant schedule's from its state.
+        moved = np.abs(params["cosine"][2][name]["kernel"] - params["cosine"][1][name]["kernel"])
+        assert 0 < moved.max()
 
 
 def test_four_devices_give_the_same_step_as_one():
