@@ -80,6 +80,7 @@ class Run:
     eval_source: Any = None  # the held-out split, when evaluators run during training
     evaluators: dict = dataclasses.field(default_factory=dict)  # name -> periodic Evaluator
     view_cache: ViewCache | None = None  # the train split's deterministic view, decoded once
+    eval_view_cache: ViewCache | None = None  # the same for the held-out split (evaluations)
     stop: StopSignal = dataclasses.field(default_factory=StopSignal)
 
     @property
@@ -200,11 +201,16 @@ def extract_and_cluster(run: Run, state: TrainState, epoch: int, *, nearest: boo
                              after_pca=_after_pca(run), on_iteration=_kmeans_poll(run),
                              nearest=nearest, keep_features=keep_features,
                              verbose=jax.process_index() == 0, cache=run.view_cache)
-    if run.view_cache is not None:
-        for line in run.view_cache.take_log():
-            if jax.process_index() == 0:
-                print(line)
+    print_cache_log(run)
     return result
+
+
+def print_cache_log(run: Run) -> None:
+    """Prints (process 0) what the view caches decided since the last call."""
+    for name, cache in (("", run.view_cache), ("held-out split ", run.eval_view_cache)):
+        for line in cache.take_log() if cache is not None else ():
+            if jax.process_index() == 0:
+                print(line.replace("view cache:", f"view cache ({name.strip()}):") if name else line)
 
 
 def cluster(run: Run, state: TrainState, epoch: int, previous: np.ndarray | None, *,
@@ -364,10 +370,17 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
         share=d.view_cache_share,
         dataset={"name": d.name, "split": d.train_split,
                  "files": files_fingerprint(info.split_files.get(d.train_split, ()))})
+    eval_view_cache = None
+    if d.eval_split and d.eval_split in info.split_sizes:
+        eval_view_cache = ViewCache(
+            d.view_cache, directory=Path(d.view_cache_dir or Path(workdir) / "view_cache") / "eval",
+            share=d.view_cache_share,
+            dataset={"name": d.name, "split": d.eval_split,
+                     "files": files_fingerprint(info.split_files.get(d.eval_split, ()))})
     return Run(config=config, workdir=Path(workdir), mesh=mesh, source=source, info=info,
                model=model, train_step=train_step, feature_fn=feature_fn,
                write_rows=write_rows_fn(mesh), eval_source=eval_source, evaluators=periodic,
-               view_cache=view_cache)
+               view_cache=view_cache, eval_view_cache=eval_view_cache)
 
 
 def drawn_state(run: Run) -> TrainState:
@@ -600,10 +613,10 @@ def compare(run: Run, state: TrainState) -> dict:
     c, d, lead = run.config, run.config.data, jax.process_index() == 0
     if run.info.num_classes < 2:
         return {"final_nmi_labels": None}
-    source, split = run.source, d.train_split
+    source, split, cached = run.source, d.train_split, (run.view_cache, c.batch_size)
     if d.eval_split and d.eval_split in run.info.split_sizes:
         source = run.eval_source or open_split(d.name, d.eval_split, d.data_dir or None)[0]
-        split = d.eval_split
+        split, cached = d.eval_split, (run.eval_view_cache, c.eval.batch_size)
     drawn = drawn_state(run)
     networks = {"deepcluster": Network(run.model, state.params, state.batch_stats, None),
                 "random_init": Network(run.model, drawn.params, drawn.batch_stats, None)}
@@ -613,7 +626,9 @@ def compare(run: Run, state: TrainState) -> dict:
         pixels=bool(c.get("pixel_baseline", False)) and lead,
         pixel_mesh=Mesh(np.array(jax.local_devices()), (AXIS,)),
         on_batch=lambda done, total: run.stop.check("the final comparison", done, total, every),
-        on_pixel_iteration=lambda done, total: run.stop.check_local("the pixel baseline"))
+        on_pixel_iteration=lambda done, total: run.stop.check_local("the pixel baseline"),
+        cached=cached if cached[0] is not None else None)
+    print_cache_log(run)
     if result is None:  # the split's images are not all labelled
         return {"final_nmi_labels": None}
     out = {"comparison": result, "final_nmi_labels": result["deepcluster"]["nmi"],
@@ -638,7 +653,12 @@ def periodic_evaluation(run: Run, state: TrainState, epoch: int) -> dict:
     if not due:
         return out
     net = Network(run.model, state.params, state.batch_stats, None)
-    splits = Splits(run.source, run.eval_source, run.info)
+    # The bank reads the training loop's cached view (same view, the loop's batch); the held-out
+    # split has its own cache.
+    caches = {"train": (run.view_cache, run.config.batch_size),
+              "test": (run.eval_view_cache, run.config.eval.batch_size)}
+    splits = Splits(run.source, run.eval_source, run.info,
+                    {k: v for k, v in caches.items() if v[0] is not None})
     every = run.config.log_every_steps
     for name, evaluator in due.items():
         t0 = time.time()
@@ -647,6 +667,7 @@ def periodic_evaluation(run: Run, state: TrainState, epoch: int) -> dict:
         result = evaluator.run(net, splits, run.mesh, on_batch=poll, feature_fn=run.feature_fn)
         out.update({f"{name}_{key}": value for key, value in evaluator.values(result).items()})
         out[f"time_{name}"] = time.time() - t0
+    print_cache_log(run)
     return out
 
 

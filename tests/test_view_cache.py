@@ -156,26 +156,41 @@ def test_auto_placement(tmp_path, monkeypatch):
 def test_training_with_and_without_the_cache_is_identical(tmp_path, capsys):
     from dcjax.train import train_and_evaluate
 
-    runs = {}
+    runs, outs, summaries = {}, {}, {}
     for mode in ("off", "auto", "disk"):
-        # The trainer's defaults for k-means and decoding too (configs/digits.py pins others).
+        # The trainer's defaults for k-means and decoding too (configs/digits.py pins others); the
+        # kNN evaluator after every epoch, so that the held-out split's cache is read back.
         c = make_config(**{"num_epochs": 2, "data.view_cache": mode, "clustering.backend": "auto",
-                           "data.decoder": "fast"})
+                           "data.decoder": "fast", "eval_every_epochs": 1})
         train_and_evaluate(c, str(tmp_path / mode))
         runs[mode] = records(tmp_path / mode)
-    out = capsys.readouterr().out
-    assert "view cache: device (CPU devices" in out and "view cache: disk (config" in out
-    assert "k-means: faiss (CPU devices only and faiss is installed" in out
+        outs[mode] = capsys.readouterr().out
+        summaries[mode] = json.loads((tmp_path / mode / "summary.json").read_text())
+    assert "view cache: device (CPU devices" in outs["auto"]
+    assert "view cache (held-out split): device (CPU devices" in outs["auto"]
+    assert "k-means: faiss (CPU devices only and faiss is installed" in outs["auto"]
+    # Each split is decoded once: the kNN bank reads the training loop's cache (no second build of
+    # the training split), the queries and the final comparison the held-out split's.
+    assert outs["disk"].count("view cache: disk (config") == 1
+    assert outs["disk"].count("view cache (held-out split): disk (config") == 1
+    assert "view cache" not in outs["off"]
     assert (tmp_path / "disk" / "view_cache" / "process_0" / "key.json").exists()
+    assert (tmp_path / "disk" / "view_cache" / "eval" / "process_0" / "key.json").exists()
+    assert all(r["knn_top1"] > 0.5 for r in runs["off"])
     for mode in ("auto", "disk"):
         assert without_times(runs[mode]) == without_times(runs["off"]), mode
+        for key in ("final_nmi_labels", "random_init_nmi_labels"):
+            assert summaries[mode][key] == summaries["off"][key], (mode, key)
 
-    # Run on for one more epoch: the new process reads the disk cache instead of decoding.
+    # Run on for one more epoch: the new process reads both disk caches instead of decoding.
     train_and_evaluate(make_config(**{"num_epochs": 3, "data.view_cache": "disk",
-                                      "clustering.backend": "auto", "data.decoder": "fast"}),
+                                      "clustering.backend": "auto", "data.decoder": "fast",
+                                      "eval_every_epochs": 1}),
                        str(tmp_path / "disk"))
     out = capsys.readouterr().out
     assert "view cache: reading" in out and "view cache: disk" not in out
+    assert "view cache (held-out split): reading" in out
+    assert "view cache (held-out split): disk" not in out
     assert [r["epoch"] for r in records(tmp_path / "disk")] == [0, 1, 2]
 
 

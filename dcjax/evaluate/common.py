@@ -114,6 +114,9 @@ class Splits:
     train: Any
     test: Any
     info: DatasetInfo
+    # 'train' / 'test' -> (ViewCache, global batch): where a split's deterministic view is kept
+    # between extractions (the training loop passes its caches; a one-off evaluation has none).
+    caches: dict = dataclasses.field(default_factory=dict)
 
 
 def open_splits(config: ml_collections.ConfigDict) -> Splits:

@@ -26,10 +26,14 @@ from dcjax.step import make_feature_fn
 
 def fc7_features(config: ml_collections.ConfigDict, feature_fn: Callable, variables: tuple,
                  source: Any, mesh: Mesh, desc: str,
-                 on_batch: Callable[[int, int], None] | None = None) -> Features:
-    return extract(feature_fn, variables, source, pipeline.view_config(config), config.eval.batch_size,
+                 on_batch: Callable[[int, int], None] | None = None,
+                 cached: tuple | None = None) -> Features:
+    """fc7 of every image of `source` (deterministic view), in batches of config.eval.batch_size,
+    or with `cached` = (ViewCache, batch) in that batch, from or into that cache."""
+    cache, batch = cached if cached is not None else (None, config.eval.batch_size)
+    return extract(feature_fn, variables, source, pipeline.view_config(config), batch,
                    config.model.fc_dim, mesh, loader_options(config), desc=desc,
-                   on_batch=on_batch)
+                   on_batch=on_batch, cache=cache)
 
 
 def knn_scores(config: ml_collections.ConfigDict, bank, bank_labels: np.ndarray, bank_valid,
@@ -67,9 +71,9 @@ def knn_protocol(config: ml_collections.ConfigDict, net: Network | None, splits:
     else:
         feature_fn = feature_fn or jax.jit(make_feature_fn(net.model, "fc7"))
         bank = fc7_features(config, feature_fn, net.variables, splits.train, mesh, "bank",
-                            on_batch=on_batch)
+                            on_batch=on_batch, cached=splits.caches.get("train"))
         test = fc7_features(config, feature_fn, net.variables, splits.test, mesh, "queries",
-                            on_batch=on_batch)
+                            on_batch=on_batch, cached=splits.caches.get("test"))
         scores = knn_scores(config, bank.rows, bank.row_labels, bank.valid, test.to_numpy(),
                             test.labels, C, mesh)
         name = "fc7"
@@ -114,7 +118,7 @@ def clustering_protocol(config: ml_collections.ConfigDict, net: Network | None, 
     else:
         feature_fn = feature_fn or jax.jit(make_feature_fn(net.model, "fc7"))
         test = fc7_features(config, feature_fn, net.variables, splits.test, mesh, "features",
-                            on_batch=on_batch)
+                            on_batch=on_batch, cached=splits.caches.get("test"))
         scores = cluster_quality(test.rows, test.row_labels, C, pca_dim=cl.pca_dim,
                                  valid=test.valid, on_iteration=on_batch, **common)
         name = "fc7"
@@ -142,15 +146,17 @@ def final_comparison(config: ml_collections.ConfigDict, networks: dict[str, Netw
                      split: str, num_classes: int, mesh: Mesh, *, pixels: bool,
                      pixel_mesh: Mesh | None = None,
                      on_batch: Callable[[int, int], None] | None = None,
-                     on_pixel_iteration: Callable[[int, int], None] | None = None) -> dict | None:
+                     on_pixel_iteration: Callable[[int, int], None] | None = None,
+                     cached: tuple | None = None) -> dict | None:
     """What the end of a run prints: NMI with the labels of k-means with k = the number of classes
     on the images of `source` (a labelled split, held-out when there is one), for each network's
     fc7 features L2-normalised (no PCA-whitening: a whitening fitted on a few hundred held-out
     images would mostly amplify noise) and, with `pixels`, for the raw pixels of the
     deterministic view, each averaged over COMPARISON_RESTARTS k-means initialisations. Same k,
     same images and same initialisation seeds for all. Pixels run on `pixel_mesh` (the caller's
-    process alone). Returns {'k', 'split', 'images', 'restarts', name: {'nmi', 'nmi_std', ...}},
-    or None when some image of `source` has no label."""
+    process alone). `cached` = (ViewCache, batch) keeps the decoded view between the networks.
+    Returns {'k', 'split', 'images', 'restarts', name: {'nmi', 'nmi_std', ...}}, or None when some
+    image of `source` has no label."""
     cl = config.clustering
     common = dict(restarts=COMPARISON_RESTARTS, iterations=cl.iterations, seed=config.seed,
                   chunk_size=cl.chunk_size)
@@ -159,7 +165,7 @@ def final_comparison(config: ml_collections.ConfigDict, networks: dict[str, Netw
     for name, net in networks.items():
         feature_fn = jax.jit(make_feature_fn(net.model, "fc7"))
         f = fc7_features(config, feature_fn, net.variables, source, mesh, f"{name} features",
-                         on_batch=on_batch)
+                         on_batch=on_batch, cached=cached)
         if f.labels.min() < 0:
             return None
         out[name] = mean_nmi(l2_normalize(f.rows), f.row_labels, num_classes, mesh=mesh,
