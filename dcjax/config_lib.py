@@ -148,8 +148,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.weight_decay = 1e-5
     c.optim.head_lr = 0.05
     c.optim.head_weight_decay = 1e-5
-    # 'constant' (the reference) or 'cosine': both learning rates follow half a cosine from their
-    # value to 0 over the first lr_decay_epochs epochs' steps and stay at 0 after (step.lr_scale).
+    # 'constant' (the reference) or 'cosine': the body's learning rate follows half a cosine from lr
+    # to 0 over the first lr_decay_epochs epochs' steps and stays at 0 after; the head, new every
+    # epoch, keeps head_lr (step.lr_scale).
     c.optim.lr_schedule = "constant"
     c.optim.lr_decay_epochs = 0  # 'cosine' only: > 0; frozen, so a longer run keeps the same decay
 

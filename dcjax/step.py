@@ -50,10 +50,13 @@ def head_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 
 def lr_scale(config: ml_collections.ConfigDict, step, steps_per_epoch: int):
-    """The factor both learning rates are multiplied by at global step `step` (jnp scalar):
+    """The factor the body's learning rate is multiplied by at global step `step` (jnp scalar):
     1 for config.optim.lr_schedule 'constant'; for 'cosine', (1 + cos(pi * t)) / 2 with
     t = step / (lr_decay_epochs * steps_per_epoch), capped at 1 (so 0 from then on). Scaling the
-    SGD update after momentum is PyTorch's semantics for a learning-rate schedule."""
+    SGD update after momentum is PyTorch's semantics for a learning-rate schedule. The head keeps
+    head_lr: it is drawn anew every epoch and has to fit that epoch's pseudo-labels (decayed with
+    the body, the last epochs trained the body against a head that could no longer learn: loss back
+    at log k)."""
     o = config.optim
     if o.lr_schedule == "constant":
         return jnp.ones((), jnp.float32)
@@ -111,8 +114,7 @@ def make_train_step(model, config: ml_collections.ConfigDict, steps_per_epoch: i
         head_updates, head_opt_state = head_tx.update(head_grads, state.head_opt_state, head)
         if config.optim.lr_schedule != "constant":
             scale = lr_scale(config, state.step, steps_per_epoch)
-            body_updates, head_updates = jax.tree_util.tree_map(
-                lambda u: u * scale.astype(u.dtype), (body_updates, head_updates))
+            body_updates = jax.tree_util.tree_map(lambda u: u * scale.astype(u.dtype), body_updates)
         body = optax.apply_updates(body, body_updates)
         head = optax.apply_updates(head, head_updates)
         new_state = state.replace(step=state.step + 1, params={**body, HEAD: head},
