@@ -34,6 +34,7 @@ def trained_run(tmp_path_factory):
     c = digits_smoke(num_epochs=1, pixel_baseline=False, eval_every_epochs=1)
     with c.unlocked():  # a second evaluator, as a config file would add it
         c.evals.pixel_clusters = dict(type="clustering", every_epochs=1, features="pixels")
+        c.evals.comparison = dict(type="comparison", every_epochs=1)
     train_and_evaluate(c, str(workdir))
     return workdir
 
@@ -64,7 +65,8 @@ def test_evaluators_are_built_from_config():
     with pytest.raises(ConfigError, match="evaluator type 'svm' must be one of"):
         from_config(c)
     del c.evals["bad"]
-    assert from_config(c)["probe"].period() == 2 and set(TYPES) == {"linear", "knn", "clustering"}
+    assert from_config(c)["probe"].period() == 2 and set(TYPES) == {"linear", "knn", "clustering",
+                                                                 "comparison"}
 
 
 # ------------------------------------------------------------------ kNN and clustering vs sklearn
@@ -189,6 +191,24 @@ def test_protocols_on_a_trained_run(trained_run):
     assert pixels["layers"]["pixels"]["top1"] > 0.5
     names = sorted(p.name for p in (trained_run / "eval").iterdir())
     assert names == ["clustering_pixels.json", "knn.json", "linear.json", "linear_pixels.json"]
+
+
+@pytest.mark.slow
+def test_comparison_on_demand_equals_the_end_of_run_one(trained_run):
+    # One epoch: the network the evaluator saw after epoch 0 is the final one.
+    summary = json.loads((trained_run / "summary.json").read_text())
+    record = json.loads((trained_run / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["comparison_nmi"] == pytest.approx(summary["final_nmi_labels"], abs=1e-6)
+    assert record["comparison_random_init_nmi"] == pytest.approx(
+        summary["random_init_nmi_labels"], abs=1e-6)
+    assert 0.3 < record["comparison_pixels_nmi"] <= 1.0  # digits pixels cluster well
+    result = evaluate(digits_smoke(), str(trained_run), "comparison")
+    assert result["k"] == 10 and result["images"] == 359 and result["restarts"] == 10
+    assert result["deepcluster"]["nmi"] == pytest.approx(record["comparison_nmi"], abs=1e-6)
+    assert result["pixels"]["nmi"] == pytest.approx(record["comparison_pixels_nmi"], abs=1e-6)
+    assert len(set(result["deepcluster"]["nmi_runs"])) > 1
+    saved = json.loads((trained_run / "eval" / "comparison.json").read_text())
+    assert saved["checkpoint_step"] > 0 and saved["random_init"]["nmi"] == result["random_init"]["nmi"]
 
 
 def run_cli(*args, cwd=ROOT):

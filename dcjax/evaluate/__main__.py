@@ -1,10 +1,12 @@
-r"""`python -m dcjax.evaluate --workdir=RUN --protocol=linear|knn|clustering [--init=random]
+r"""`python -m dcjax.evaluate --workdir=RUN --protocol=linear|knn|clustering|comparison [--init=random]
 [--features=pixels] [--step=N] [--config=FILE] [--config.eval.x=...]`.
 
 Evaluates a run's latest (or --step) checkpoint with the run's own config (RUN/config.json, or
 --config), writes RUN/eval/<protocol>[_random|_pixels].json and prints a table. `--init=random`
 evaluates the same architecture at its initialisation, `--features=pixels` raw pixels, so every
 table has its baselines beside it; `python -m dcjax.evaluate.table --workdir=RUN` gathers them.
+`--protocol=comparison` is the end-of-run comparison (k-means with k = the classes on the held-out
+split: the network, its random initialisation and the raw pixels) for any checkpoint.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Each protocol is a class built from a config entry,
 
-    config.evals.<name> = dict(type="knn" | "linear" | "clustering", every_epochs=N,
-                               features="network" | "pixels")
+    config.evals.<name> = dict(type="knn" | "linear" | "clustering" | "comparison",
+                               every_epochs=N, features="network" | "pixels")
 
 `run(net, splits, mesh, on_batch)` returns the protocol's full result (what `python -m
 dcjax.evaluate` writes to RUN/eval/<name>.json) and `values(result)` its named scalars, which the
@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 from dcjax.config_lib import ConfigError
 from dcjax.evaluate.common import Network, Splits
 from dcjax.evaluate.linear import linear_probe, pixel_probe
-from dcjax.evaluate.protocols import clustering_protocol, knn_protocol
+from dcjax.evaluate.protocols import clustering_protocol, final_comparison, knn_protocol
 
 FEATURES = ("network", "pixels")
 Poll = Callable[[int, int], None]
@@ -108,8 +108,61 @@ class ClusteringEvaluator(Evaluator):
         return {key: result[key] for key in ("nmi", "ari", "accuracy")}
 
 
+class ComparisonEvaluator(Evaluator):
+    """The end-of-run comparison (protocols.final_comparison) on the held-out split: k-means with
+    k = the number of classes, mean of 10 initialisations, on the network's fc7 (L2-normalised),
+    on the same architecture at its random initialisation (config.seed) and on the raw pixels;
+    values `nmi`, `random_init_nmi`, `pixels_nmi`. The two baselines do not change with the
+    network, so an evaluator computes them once and reuses them (during training, every period)."""
+
+    type = "comparison"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._baselines: dict | None = None
+
+    def run(self, net, splits, mesh, on_batch=None, feature_fn=None) -> dict:
+        import jax
+        import numpy as np
+
+        from dcjax.sharding import replicated
+        from dcjax.step import create_train_state
+
+        c, net = self.config, self._network(net)
+        common = dict(source=splits.test, split=c.data.eval_split,
+                      num_classes=splits.info.num_classes, mesh=mesh, on_batch=on_batch,
+                      cached=splits.caches.get("test"))
+        if self._baselines is None:
+            networks = {}
+            if net is not None:
+                drawn = jax.jit(lambda: create_train_state(net.model, c, jax.random.key(c.seed)),
+                                out_shardings=replicated(mesh))()
+                networks["random_init"] = Network(net.model, drawn.params, drawn.batch_stats, None)
+            local = Mesh(np.array(jax.local_devices()), mesh.axis_names)
+            base = final_comparison(c, networks, pixels=jax.process_index() == 0, pixel_mesh=local,
+                                    **common)
+            if base is None:
+                raise ConfigError(f"the comparison needs every image of split "
+                                  f"{c.data.eval_split!r} labelled")
+            self._baselines = {k: base[k] for k in ("random_init", "pixels") if k in base}
+        result = final_comparison(c, {"deepcluster": net} if net is not None else {},
+                                  pixels=False, **common)
+        if result is None:
+            raise ConfigError(f"the comparison needs every image of split {c.data.eval_split!r} "
+                              f"labelled")
+        return {**result, **self._baselines}
+
+    def values(self, result: dict) -> dict[str, float]:
+        out = {f"{name}_nmi": result[name]["nmi"] for name in ("random_init", "pixels")
+               if name in result}
+        if "deepcluster" in result:
+            out["nmi"] = result["deepcluster"]["nmi"]
+        return out
+
+
 TYPES: dict[str, type[Evaluator]] = {
-    cls.type: cls for cls in (LinearEvaluator, KnnEvaluator, ClusteringEvaluator)}
+    cls.type: cls for cls in (LinearEvaluator, KnnEvaluator, ClusteringEvaluator,
+                              ComparisonEvaluator)}
 
 
 def build(kind: str, config: ml_collections.ConfigDict, **options: Any) -> Evaluator:

@@ -43,6 +43,13 @@ def format_result(protocol: str, result: dict) -> str:
     if protocol == "knn":
         return markdown_table(["features", f"kNN top-1 (k={result['k']}, {result['weights']})"],
                               [[name, f"{100 * v:.2f}"] for name, v in result["features"].items()])
+    if protocol == "comparison":
+        names = [("DeepCluster", "deepcluster"), ("random init", "random_init"),
+                 ("raw pixels", "pixels")]
+        return markdown_table(
+            ["features", "k", f"NMI (mean of {result['restarts']} k-means)", "sd"],
+            [[label, result["k"], f"{result[key]['nmi']:.4f}", f"{result[key]['nmi_std']:.4f}"]
+             for label, key in names if key in result])
     return markdown_table(["features", "k", "NMI", "ARI", "accuracy"],
                           [[result["features"], result["k"], f"{result['nmi']:.4f}",
                             f"{result['ari']:.4f}", f"{100 * result['accuracy']:.2f}"]])
