@@ -22,6 +22,9 @@ def test_reference_configs_validate():
                  "imagenet_vgg16"):
         for arg in (None, "smoke"):
             validate(config(name, arg), num_devices=4)
+    for name in ("fashion_mnist", "cifar10", "imagenette"):
+        validate(config(name, "cpu"), num_devices=4)
+    validate(config("imagenette", "alexnet224"), num_devices=4)
     for arg in ("photos", "photos,smoke", "photos,alexnet224"):
         validate(config("folder", arg), num_devices=4)
 
