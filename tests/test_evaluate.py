@@ -276,11 +276,16 @@ def test_table_gathers_the_rows(trained_run):
     from dcjax.evaluate.table import table
 
     evaluate(digits_smoke(), str(trained_run), "knn", init="random")
+    compared = evaluate(digits_smoke(), str(trained_run), "comparison")
     text = table(trained_run)
     lines = text.splitlines()
     assert lines[0].startswith("| features | conv1 |") and len(lines) == 5
+    assert lines[0].rstrip().endswith("| comparison NMI |")
     assert lines[2].startswith("| DeepCluster | ") and "-" not in lines[2].split("|")[2]
     assert lines[3].startswith("| random init | - |")  # only its kNN was run
+    # The comparison column: one file, three rows.
+    for line, key in zip(lines[2:], ("deepcluster", "random_init", "pixels")):
+        assert line.split("|")[-2].strip() == f"{compared[key]['nmi']:.4f}"
 
 
 @pytest.mark.slow

@@ -2,7 +2,10 @@ r"""The paper's Table 1 for one run, from its eval/*.json: `python -m dcjax.eval
 
 Rows: DeepCluster (the run's checkpoint), random init (`--init=random`), raw pixels
 (`--features=pixels`); columns: linear-probe top-1 of each conv layer (pixels: one column), kNN top-1
-on fc7 and PCA-whitened fc7, and NMI of k-means with k = #classes on the held-out split. Missing
+on fc7 and PCA-whitened fc7, NMI of k-means with k = #classes on the held-out split (the clustering
+protocol: PCA-whitened, one initialisation) and the end-of-run comparison's NMI (eval/comparison.json
+from `--protocol=comparison`: L2-normalised fc7, mean of 10 initialisations; one file fills the three
+rows). Missing
 evaluations print as '-'. `--linear_views=center` takes the conv columns from the centre-view probe
 (`--config.eval.linear_views=center`, eval/linear_center*.json) instead of the paper's,
 `--linear_views=translate` from the probe on the reference's shifted views (eval/linear_translate*.json),
@@ -42,7 +45,9 @@ def table(workdir: str | Path, linear_views: str = "augmented", best: bool = Fal
                 layers.append(name)
     mark = " (best on test)" if best else ""
     header = ["features", *(f"{name}{mark}" for name in layers), f"linear on pixels{mark}", "kNN",
-              "kNN (PCA-whitened)", "k-means NMI"]
+              "kNN (PCA-whitened)", "k-means NMI", "comparison NMI"]
+    comparison = _load(workdir, result_name("comparison", "trained", "network")) or {}
+    comparison_rows = {"trained": "deepcluster", "random": "random_init", "pixels": "pixels"}
     rows = []
     for label, init, features in ROWS:
         lin = _load(workdir, result_name("linear", init, features, linear_views))
@@ -58,6 +63,8 @@ def table(workdir: str | Path, linear_views: str = "augmented", best: bool = Fal
         cells.append(f"{100 * raw[0]:.2f}" if raw else "-")
         cells.append(f"{100 * white[0]:.2f}" if white else "-")
         cells.append(f"{clu['nmi']:.4f}" if clu else "-")
+        compared = comparison.get(comparison_rows["pixels" if features == "pixels" else init])
+        cells.append(f"{compared['nmi']:.4f}" if compared else "-")
         rows.append(cells)
     return markdown_table(header, rows)
 
