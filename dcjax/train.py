@@ -613,7 +613,11 @@ def compare(run: Run, state: TrainState) -> dict:
     c, d, lead = run.config, run.config.data, jax.process_index() == 0
     if run.info.num_classes < 2:
         return {"final_nmi_labels": None}
-    source, split, cached = run.source, d.train_split, (run.view_cache, c.batch_size)
+    # Extracted in batches of config.eval.batch_size, as `python -m dcjax.evaluate
+    # --protocol=comparison` does (the row layout, hence k-means' initial rows, follows the batch):
+    # the training split reads the loop's cache only when the two batches agree.
+    source, split, cached = run.source, d.train_split, (
+        run.view_cache if c.eval.batch_size == c.batch_size else None, c.eval.batch_size)
     if d.eval_split and d.eval_split in run.info.split_sizes:
         source = run.eval_source or open_split(d.name, d.eval_split, d.data_dir or None)[0]
         split, cached = d.eval_split, (run.eval_view_cache, c.eval.batch_size)

@@ -348,6 +348,9 @@ def test_labels_never_change_training(unlabeled_run, tmp_path):
             shutil.copy(root / "photos" / r, tmp_path / name / r)
         prepare(str(tmp_path / name), f"photos_{name}", str(tmp_path / "tfds"), layout=layout,
                 verbose=False)
+    from dcjax.config_lib import ConfigError
+    from dcjax.evaluate.run import evaluate
+
     features = {}
     for name in ("lab", "unlab"):
         c = load_config_file(str(ROOT / "configs" / "folder.py"), f"photos_{name},smoke")
@@ -355,6 +358,15 @@ def test_labels_never_change_training(unlabeled_run, tmp_path):
         final = train_and_evaluate(c, str(tmp_path / f"run_{name}"))
         features[name] = np.load(tmp_path / f"run_{name}" / "export" / "features_fc7.npy")
         assert (final["final_nmi_labels"] is None) == (name == "unlab")
+        # The comparison on demand: no held-out split was imported, so on the training split, as
+        # at the end of the run; an unlabeled import has nothing to compare with.
+        if name == "lab":
+            result = evaluate(c, str(tmp_path / f"run_{name}"), "comparison")
+            assert result["split"] == "train" and result["eval_split"] == "train"
+            assert result["deepcluster"]["nmi"] == pytest.approx(final["final_nmi_labels"], abs=1e-6)
+        else:
+            with pytest.raises(ConfigError, match="has no class labels"):
+                evaluate(c, str(tmp_path / f"run_{name}"), "comparison")
     np.testing.assert_array_equal(features["lab"], features["unlab"])
 
 

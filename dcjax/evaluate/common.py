@@ -117,22 +117,28 @@ class Splits:
     # 'train' / 'test' -> (ViewCache, global batch): where a split's deterministic view is kept
     # between extractions (the training loop passes its caches; a one-off evaluation has none).
     caches: dict = dataclasses.field(default_factory=dict)
+    test_split: str = ""  # the name of `test`'s split ('' = config.data.eval_split)
 
 
-def open_splits(config: ml_collections.ConfigDict) -> Splits:
+def open_splits(config: ml_collections.ConfigDict, held_out_required: bool = True) -> Splits:
+    """The training split and the held-out one (config.data.eval_split). Without
+    `held_out_required`, a dataset with no such split (a folder imported without --holdout) is
+    evaluated on its training split, as the end-of-run comparison does."""
     d = config.data
     validate(config, num_devices=jax.device_count())
-    if not d.eval_split:
+    if not d.eval_split and held_out_required:
         raise ConfigError(f"config.data.eval_split is empty: evaluation needs a held-out split of "
                           f"{d.name!r}")
     ensure_embedded(d.name, d.data_dir or None)
     train, info = open_split(d.name, d.train_split, d.data_dir or None)
     resolve_auto(config, info.split_sizes)
     validate_against_data(config, info.split_sizes)
-    test, _ = open_split(d.name, d.eval_split, d.data_dir or None)
     if info.num_classes < 2:
         raise ConfigError(f"dataset {d.name!r} has no class labels to evaluate against")
-    return Splits(train, test, info)
+    if not held_out_required and d.eval_split not in info.split_sizes:
+        return Splits(train, train, info, test_split=d.train_split)
+    test, _ = open_split(d.name, d.eval_split, d.data_dir or None)
+    return Splits(train, test, info, test_split=d.eval_split)
 
 
 def rows_sharding(mesh: Mesh) -> NamedSharding:

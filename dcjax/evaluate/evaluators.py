@@ -109,7 +109,8 @@ class ClusteringEvaluator(Evaluator):
 
 
 class ComparisonEvaluator(Evaluator):
-    """The end-of-run comparison (protocols.final_comparison) on the held-out split: k-means with
+    """The end-of-run comparison (protocols.final_comparison) on the held-out split (on the
+    training split for `python -m dcjax.evaluate` on a dataset without one): k-means with
     k = the number of classes, mean of 10 initialisations, on the network's fc7 (L2-normalised),
     on the same architecture at its random initialisation (config.seed) and on the raw pixels;
     values `nmi`, `random_init_nmi`, `pixels_nmi`. The two baselines do not change with the
@@ -129,7 +130,8 @@ class ComparisonEvaluator(Evaluator):
         from dcjax.step import create_train_state
 
         c, net = self.config, self._network(net)
-        common = dict(source=splits.test, split=c.data.eval_split,
+        split = splits.test_split or c.data.eval_split
+        common = dict(source=splits.test, split=split,
                       num_classes=splits.info.num_classes, mesh=mesh, on_batch=on_batch,
                       cached=splits.caches.get("test"))
         if self._baselines is None:
@@ -142,14 +144,12 @@ class ComparisonEvaluator(Evaluator):
             base = final_comparison(c, networks, pixels=jax.process_index() == 0, pixel_mesh=local,
                                     **common)
             if base is None:
-                raise ConfigError(f"the comparison needs every image of split "
-                                  f"{c.data.eval_split!r} labelled")
+                raise ConfigError(f"the comparison needs every image of split {split!r} labelled")
             self._baselines = {k: base[k] for k in ("random_init", "pixels") if k in base}
         result = final_comparison(c, {"deepcluster": net} if net is not None else {},
                                   pixels=False, **common)
         if result is None:
-            raise ConfigError(f"the comparison needs every image of split {c.data.eval_split!r} "
-                              f"labelled")
+            raise ConfigError(f"the comparison needs every image of split {split!r} labelled")
         return {**result, **self._baselines}
 
     def values(self, result: dict) -> dict[str, float]:

@@ -64,14 +64,14 @@ def evaluate(config, workdir: str, protocol: str, init: str = "trained", feature
 
     evaluator = evaluators.build(protocol, config, features=features)
     mesh = default_mesh()
-    splits = common.open_splits(config)
+    splits = common.open_splits(config, held_out_required=protocol != "comparison")
     net = None
     if features == "network":
         net = common.load_network(config, workdir, init, step, mesh)
     result = evaluator.run(net, splits, mesh)
     result = {"protocol": protocol, "init": init if net is not None else None,
               "features": features, "checkpoint_step": net.step if net is not None else None,
-              "dataset": config.data.name, "eval_split": config.data.eval_split,
+              "dataset": config.data.name, "eval_split": splits.test_split,
               "devices": jax.device_count(), **result}
     name = result_name(protocol, init, features, linear_variant(config))
     path = common.write_result(workdir, name, result)
