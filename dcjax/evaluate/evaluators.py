@@ -17,13 +17,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import ml_collections
+import numpy as np
 from jax.sharding import Mesh
 
 from dcjax.config_lib import ConfigError
 from dcjax.evaluate.common import Network, Splits
 from dcjax.evaluate.linear import linear_probe, pixel_probe
 from dcjax.evaluate.protocols import clustering_protocol, final_comparison, knn_protocol
+from dcjax.sharding import replicated
+from dcjax.step import create_train_state
 
 FEATURES = ("network", "pixels")
 Poll = Callable[[int, int], None]
@@ -123,12 +127,6 @@ class ComparisonEvaluator(Evaluator):
         self._baselines: dict | None = None
 
     def run(self, net, splits, mesh, on_batch=None, feature_fn=None) -> dict:
-        import jax
-        import numpy as np
-
-        from dcjax.sharding import replicated
-        from dcjax.step import create_train_state
-
         c, net = self.config, self._network(net)
         split = splits.test_split or c.data.eval_split
         common = dict(source=splits.test, split=split,
