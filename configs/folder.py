@@ -24,7 +24,10 @@ reported; labels never reach training), k = 94: 30 epochs in 23 min 21 s wall on
 with test runs. NMI of each epoch's clustering against the classes rose from 0.070 (epoch 0, the
 random initialisation) to 0.150 (epoch 29); the trained network's clustering (today's summary field
 final_clusters_nmi_labels) scores 0.148, against
-0.119 for k-means on the raw pixels (same k).
+0.119 for k-means on the raw pixels (same k). Today's end-of-run comparison on that run's final
+checkpoint (`python -m dcjax.evaluate --protocol=comparison`: k = the 10 classes, fc7
+L2-normalised, mean of 10, on the training images as there is no held-out split): DeepCluster
+0.1301, random init 0.0441, raw pixels 0.0894.
 """
 
 import os
