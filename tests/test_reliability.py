@@ -320,8 +320,8 @@ def test_divergence_keeps_the_finished_epochs(tmp_path, monkeypatch):
 
     original = train.make_train_step
 
-    def poisoned(model, config):
-        step = original(model, config)
+    def poisoned(model, config, *args):
+        step = original(model, config, *args)
 
         def wrapped(state, images, labels, key):
             new, m = step(state, images, labels, key)
