@@ -207,10 +207,11 @@ def extract_and_cluster(run: Run, state: TrainState, epoch: int, *, nearest: boo
 
 def print_cache_log(run: Run) -> None:
     """Prints (process 0) what the view caches decided since the last call."""
-    for name, cache in (("", run.view_cache), ("held-out split ", run.eval_view_cache)):
+    for label, cache in (("view cache:", run.view_cache),
+                         ("view cache (held-out split):", run.eval_view_cache)):
         for line in cache.take_log() if cache is not None else ():
             if jax.process_index() == 0:
-                print(line.replace("view cache:", f"view cache ({name.strip()}):") if name else line)
+                print(line.replace("view cache:", label, 1))
 
 
 def cluster(run: Run, state: TrainState, epoch: int, previous: np.ndarray | None, *,
@@ -365,18 +366,16 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
         eval_source, _ = open_split(config.data.name, config.data.eval_split,
                                     config.data.data_dir or None)
     d = config.data
-    view_cache = ViewCache(
-        d.view_cache, directory=d.view_cache_dir or Path(workdir) / "view_cache",
-        share=d.view_cache_share,
-        dataset={"name": d.name, "split": d.train_split,
-                 "files": files_fingerprint(info.split_files.get(d.train_split, ()))})
-    eval_view_cache = None
-    if d.eval_split and d.eval_split in info.split_sizes:
-        eval_view_cache = ViewCache(
-            d.view_cache, directory=Path(d.view_cache_dir or Path(workdir) / "view_cache") / "eval",
-            share=d.view_cache_share,
-            dataset={"name": d.name, "split": d.eval_split,
-                     "files": files_fingerprint(info.split_files.get(d.eval_split, ()))})
+    folder = Path(d.view_cache_dir or Path(workdir) / "view_cache")
+
+    def split_cache(split: str, directory: Path) -> ViewCache:
+        return ViewCache(d.view_cache, directory=directory, share=d.view_cache_share,
+                         dataset={"name": d.name, "split": split,
+                                  "files": files_fingerprint(info.split_files.get(split, ()))})
+
+    view_cache = split_cache(d.train_split, folder)
+    eval_view_cache = (split_cache(d.eval_split, folder / "eval")
+                       if d.eval_split and d.eval_split in info.split_sizes else None)
     return Run(config=config, workdir=Path(workdir), mesh=mesh, source=source, info=info,
                model=model, train_step=train_step, feature_fn=feature_fn,
                write_rows=write_rows_fn(mesh), eval_source=eval_source, evaluators=periodic,

@@ -23,11 +23,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from dcjax.config_lib import ConfigError
-from dcjax.evaluate.common import Network, Splits
+from dcjax.evaluate.common import Network, Splits, load_network
 from dcjax.evaluate.linear import linear_probe, pixel_probe
 from dcjax.evaluate.protocols import clustering_protocol, final_comparison, knn_protocol
-from dcjax.sharding import replicated
-from dcjax.step import create_train_state
 
 FEATURES = ("network", "pixels")
 Poll = Callable[[int, int], None]
@@ -134,10 +132,8 @@ class ComparisonEvaluator(Evaluator):
                       cached=splits.caches.get("test"))
         if self._baselines is None:
             networks = {}
-            if net is not None:
-                drawn = jax.jit(lambda: create_train_state(net.model, c, jax.random.key(c.seed)),
-                                out_shardings=replicated(mesh))()
-                networks["random_init"] = Network(net.model, drawn.params, drawn.batch_stats, None)
+            if net is not None:  # the run's own initialisation, as `--init=random` loads it
+                networks["random_init"] = load_network(c, "", "random", mesh=mesh)
             local = Mesh(np.array(jax.local_devices()), mesh.axis_names)
             base = final_comparison(c, networks, pixels=jax.process_index() == 0, pixel_mesh=local,
                                     **common)
