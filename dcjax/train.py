@@ -606,7 +606,7 @@ def compare(run: Run, state: TrainState) -> dict:
     there is a labelled one, else on the training split when it is labelled: summary.json's
     final_nmi_labels (the trained network), random_init_nmi_labels (the same architecture at its
     random initialisation, config.seed) and, with config.pixel_baseline, pixel_kmeans_nmi_labels;
-    {'final_nmi_labels': None} without labels."""
+    the first two also on ReLU(fc7) (`*_after_relu`); {'final_nmi_labels': None} without labels."""
     from dcjax.evaluate.protocols import final_comparison
 
     c, d, lead = run.config, run.config.data, jax.process_index() == 0
@@ -635,7 +635,9 @@ def compare(run: Run, state: TrainState) -> dict:
     if result is None:  # the split's images are not all labelled
         return {"final_nmi_labels": None}
     out = {"comparison": result, "final_nmi_labels": result["deepcluster"]["nmi"],
-           "random_init_nmi_labels": result["random_init"]["nmi"]}
+           "random_init_nmi_labels": result["random_init"]["nmi"],
+           "final_nmi_labels_after_relu": result["deepcluster"]["after_relu"]["nmi"],
+           "random_init_nmi_labels_after_relu": result["random_init"]["after_relu"]["nmi"]}
     if "pixels" in result:
         out["pixel_kmeans_nmi_labels"] = result["pixels"]["nmi"]
     if lead:
@@ -645,6 +647,8 @@ def compare(run: Run, state: TrainState) -> dict:
               f"L2-normalised): " + ", ".join(
                   f"{label} {result[key]['nmi']:.4f} (sd {result[key]['nmi_std']:.4f})"
                   for label, key in rows if key in result))
+        print("  the same on ReLU(fc7), what the classifier reads: " + ", ".join(
+            f"{label} {result[key]['after_relu']['nmi']:.4f}" for label, key in rows[:2]))
     return out
 
 

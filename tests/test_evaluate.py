@@ -202,6 +202,10 @@ def test_comparison_on_demand_equals_the_end_of_run_one(trained_run):
     assert record["comparison_random_init_nmi"] == pytest.approx(
         summary["random_init_nmi_labels"], abs=1e-6)
     assert 0.3 < record["comparison_pixels_nmi"] <= 1.0  # digits pixels cluster well
+    assert record["comparison_nmi_after_relu"] == pytest.approx(
+        summary["final_nmi_labels_after_relu"], abs=1e-6)
+    assert record["comparison_random_init_nmi_after_relu"] == pytest.approx(
+        summary["random_init_nmi_labels_after_relu"], abs=1e-6)
     result = evaluate(digits_smoke(), str(trained_run), "comparison")
     assert result["k"] == 10 and result["images"] == 359 and result["restarts"] == 10
     assert result["deepcluster"]["nmi"] == pytest.approx(record["comparison_nmi"], abs=1e-6)

@@ -60,6 +60,13 @@ def test_two_epochs_end_to_end(tmp_path):
         assert len(runs) == comparison["restarts"] == 10 and len(set(runs)) > 1  # seeds differ
         assert final[field] == comparison[key]["nmi"] == pytest.approx(np.mean(runs))
         assert 0.3 < final[field] <= 1.0  # digits cluster far above chance in every space
+    # The networks also on ReLU(fc7): same k-means seeds, other features, so other values.
+    for key, field in (("deepcluster", "final_nmi_labels_after_relu"),
+                       ("random_init", "random_init_nmi_labels_after_relu")):
+        relu = comparison[key]["after_relu"]
+        assert final[field] == relu["nmi"] == pytest.approx(np.mean(relu["nmi_runs"]))
+        assert 0.3 < relu["nmi"] <= 1.0 and relu["nmi_runs"] != comparison[key]["nmi_runs"]
+    assert "after_relu" not in comparison["pixels"]
     assert 0.0 <= final["final_clusters_nmi_labels"] <= 1.0  # the exported clustering (k = 10)
     for name in ("nmi.png", "cluster_sizes.png", "phase_times.png", "clusters.png",
                  "conv1_filters.png"):

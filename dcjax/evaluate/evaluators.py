@@ -115,7 +115,8 @@ class ComparisonEvaluator(Evaluator):
     training split for `python -m dcjax.evaluate` on a dataset without one): k-means with
     k = the number of classes, mean of 10 initialisations, on the network's fc7 (L2-normalised),
     on the same architecture at its random initialisation (config.seed) and on the raw pixels;
-    values `nmi`, `random_init_nmi`, `pixels_nmi`. The two baselines do not change with the
+    values `nmi`, `random_init_nmi`, `pixels_nmi` (and the networks' on ReLU(fc7):
+    `nmi_after_relu`, `random_init_nmi_after_relu`). The two baselines do not change with the
     network, so an evaluator computes them once and reuses them (during training, every period)."""
 
     type = "comparison"
@@ -149,8 +150,11 @@ class ComparisonEvaluator(Evaluator):
     def values(self, result: dict) -> dict[str, float]:
         out = {f"{name}_nmi": result[name]["nmi"] for name in ("random_init", "pixels")
                if name in result}
+        if "random_init" in result:
+            out["random_init_nmi_after_relu"] = result["random_init"]["after_relu"]["nmi"]
         if "deepcluster" in result:
             out["nmi"] = result["deepcluster"]["nmi"]
+            out["nmi_after_relu"] = result["deepcluster"]["after_relu"]["nmi"]
         return out
 
 

@@ -155,21 +155,30 @@ def final_comparison(config: ml_collections.ConfigDict, networks: dict[str, Netw
     deterministic view, each averaged over COMPARISON_RESTARTS k-means initialisations. Same k,
     same images and same initialisation seeds for all. Pixels run on `pixel_mesh` (the caller's
     process alone). `cached` = (ViewCache, batch) keeps the decoded view between the networks.
-    Returns {'k', 'split', 'images', 'restarts', name: {'nmi', 'nmi_std', ...}}, or None when some
-    image of `source` has no label."""
+
+    fc7 is taken before its ReLU, as DeepCluster's own k-means takes it (the headline `nmi`);
+    each network's entry also holds `after_relu`, the same measure on ReLU(fc7), which is what
+    the network's classifier reads: a trained network leaves most fc7 entries negative (the
+    classifier never sees them) and those carry much of the pre-ReLU geometry
+    (docs/results.md, "Fashion-MNIST").
+    Returns {'k', 'split', 'images', 'restarts', name: {'nmi', 'nmi_std', 'nmi_runs'[,
+    'after_relu']}}, or None when some image of `source` has no label."""
     cl = config.clustering
     common = dict(restarts=COMPARISON_RESTARTS, iterations=cl.iterations, seed=config.seed,
                   chunk_size=cl.chunk_size)
     out: dict[str, Any] = {"k": num_classes, "split": split, "images": len(source),
-                           "restarts": COMPARISON_RESTARTS, "features": "fc7, L2-normalised"}
+                           "restarts": COMPARISON_RESTARTS,
+                           "features": "fc7 (before its ReLU), L2-normalised"}
     for name, net in networks.items():
         feature_fn = jax.jit(make_feature_fn(net.model, "fc7"))
         f = fc7_features(config, feature_fn, net.variables, source, mesh, f"{name} features",
                          on_batch=on_batch, cached=cached)
         if f.labels.min() < 0:
             return None
-        out[name] = mean_nmi(l2_normalize(f.rows), f.row_labels, num_classes, mesh=mesh,
-                             valid=f.valid, on_iteration=on_batch, **common)
+        scored = dict(labels=f.row_labels, k=num_classes, mesh=mesh, valid=f.valid,
+                      on_iteration=on_batch, **common)
+        out[name] = mean_nmi(l2_normalize(f.rows), **scored)
+        out[name]["after_relu"] = mean_nmi(l2_normalize(jax.nn.relu(f.rows)), **scored)
     if pixels:
         x, y = pixel_arrays(config, source)
         out["pixels"] = mean_nmi(x, y, num_classes, mesh=pixel_mesh,

@@ -47,8 +47,10 @@ def format_result(protocol: str, result: dict) -> str:
         names = [("DeepCluster", "deepcluster"), ("random init", "random_init"),
                  ("raw pixels", "pixels")]
         return markdown_table(
-            ["features", "k", f"NMI (mean of {result['restarts']} k-means)", "sd"],
-            [[label, result["k"], f"{result[key]['nmi']:.4f}", f"{result[key]['nmi_std']:.4f}"]
+            ["features", "k", f"NMI (mean of {result['restarts']} k-means)", "sd",
+             "NMI on ReLU(fc7)"],
+            [[label, result["k"], f"{result[key]['nmi']:.4f}", f"{result[key]['nmi_std']:.4f}",
+              f"{result[key]['after_relu']['nmi']:.4f}" if "after_relu" in result[key] else "-"]
              for label, key in names if key in result])
     return markdown_table(["features", "k", "NMI", "ARI", "accuracy"],
                           [[result["features"], result["k"], f"{result['nmi']:.4f}",
