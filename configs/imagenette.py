@@ -11,7 +11,7 @@ epoch's k-means (k = 100, training split): 0.068 (the random network), 0.101 at 
 20, 0.158 at 30 and, run on to `--config.num_epochs=60`, 0.170 / 0.182 / 0.194 at 40 / 50 / 59. The
 end-of-run comparison of that 60-epoch network (`python -m dcjax.evaluate --protocol=comparison`;
 k-means with k = 10 on the 3,925 validation images, mean of 10): DeepCluster 0.1606, random init
-0.0433, raw pixels 0.0820 (+0.079 and +0.117). On a GPU,
+0.0433, raw pixels 0.0820 (+0.079 and +0.117; on ReLU(fc7) 0.1735 and 0.0470). On a GPU,
 `--config=configs/imagenette.py:alexnet224` uses the exact AlexNet-BN 224 px geometry
 (images upsampled from 128 px): 14.2 s an epoch on one H100 with `--config.data.num_threads=16` on
 16 host cores, input-bound; grain worker processes (`--config.data.num_workers=12
