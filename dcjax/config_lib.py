@@ -7,6 +7,7 @@ any work and stops a bad value with one sentence naming the field.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 from typing import Any
@@ -100,8 +101,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_workers = 0  # grain worker processes per host (0: threads only)
     c.data.prefetch = 8  # batches
     # The training view's decoding: 'fast' (JPEGs decoded at the resolution the crop needs, DCT
-    # scaling; same crops, pixels equal or within resampling) or 'pil' (full decode), data/pipeline.py.
-    c.data.decoder = "fast"
+    # scaling; same crops, pixels equal or within resampling), 'opencv' (the same decode, each crop
+    # resampled by OpenCV's bilinear warp, Pillow's where it shrinks 2x or more) or 'pil' (full
+    # decode, Pillow's resampling), data/pipeline.py; docs/benchmarks.md measures the three.
+    c.data.decoder = "opencv"
     # The training view's loader: 'grain' (host threads / processes) or 'dali' (NVIDIA DALI: decode,
     # crop, resize and flip on the GPU; same crops and flips; data/dali_loader.py).
     c.data.loader = "grain"
@@ -304,6 +307,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
              f"{config.data.view_cache!r} must be one of {VIEW_CACHE_MODES}")
     _require(config.data.decoder in DECODERS, f"config.data.decoder={config.data.decoder!r} must "
              f"be one of {DECODERS}")
+    _require(config.data.decoder != "opencv" or importlib.util.find_spec("cv2") is not None,
+             "config.data.decoder='opencv' needs OpenCV: pip install opencv-python-headless "
+             "(requirements.txt), or set config.data.decoder='fast'")
     _require(config.data.loader in LOADERS, f"config.data.loader={config.data.loader!r} must be "
              f"one of {LOADERS}")
     _require(config.data.loader != "dali" or dali_available(), "config.data.loader='dali' needs "

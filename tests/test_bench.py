@@ -98,6 +98,7 @@ def test_pipeline_table(tmp_path):
     kinds = {(r["view"], r["loader"]) for r in rows} - {("train", "dali (CPU operators)")}
     assert kinds == {("train", "reference (PIL loop)"), ("extract", "reference (PIL loop)"),
                      ("train", "dcjax grain, decoder=fast"), ("train", "dcjax grain, decoder=pil"),
+                     ("train", "dcjax grain, decoder=opencv"),
                      ("extract", "dcjax grain"), ("extract-cache", "dcjax view cache (host)"),
                      ("extract-cache", "dcjax view cache (device)")}
     for r in rows:

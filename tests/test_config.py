@@ -84,6 +84,23 @@ def test_allowed_values_are_the_implementations_own():
     assert config_lib.SAMPLERS is SAMPLERS and config_lib.KNN_WEIGHTS is WEIGHTS
 
 
+def test_opencv_decoder_needs_opencv(monkeypatch):
+    import importlib.util
+
+    from dcjax import config_lib
+
+    c = digits()
+    c.data.decoder = "opencv"
+    validate(c, num_devices=4)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(config_lib.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "cv2" else real(name, *a))
+    with pytest.raises(ConfigError, match="config.data.decoder='opencv' needs OpenCV"):
+        validate(c, num_devices=4)
+    c.data.decoder = "fast"
+    validate(c, num_devices=4)
+
+
 def test_batch_not_divisible_by_devices():
     c = digits()
     c.batch_size = 66

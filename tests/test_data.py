@@ -452,6 +452,61 @@ def test_fast_view_matches_the_full_decode(photo_jpegs, size):
         assert differ > 0 and same > 0
 
 
+@pytest.mark.parametrize("size", [224, 64])
+def test_opencv_view_matches_the_pillow_view(photo_jpegs, size):
+    """decoder='opencv': the same crops and flips as the Pillow views, resampled by OpenCV."""
+    view = pipeline.ViewConfig(image_size=size, resize_size=size)
+    means = []
+    for i, data in enumerate(photo_jpegs):
+        for r in range(6):
+            want = pipeline.fast_train_view(data, view, np.random.default_rng([i, r]))
+            got = pipeline.fast_train_view(data, view, np.random.default_rng([i, r]),
+                                           pipeline._warp)
+            assert got.shape == want.shape == (size, size, 3) and got.dtype == np.uint8
+            diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+            flipped = np.abs(got[:, ::-1].astype(np.int16) - want.astype(np.int16)).mean()
+            assert diff.mean() < 3.0 and np.percentile(diff, 99) < 24, (i, r, diff.mean())
+            assert diff.mean() < flipped / 4
+            means.append(diff.mean())
+    # Bilinear without Pillow's widened filter, on shrinks up to 1.5x: a grey level on average.
+    assert np.mean(means) < 1.0, np.mean(means)
+    if size == 224:  # and against the reference's full Pillow decode of the same JPEGs
+        full = pipeline.train_view(pipeline.decode_image(photo_jpegs[0]), view,
+                                   np.random.default_rng([0, 0]))
+        got = pipeline.fast_train_view(photo_jpegs[0], view, np.random.default_rng([0, 0]),
+                                       pipeline._warp)
+        assert np.abs(got.astype(np.int16) - full.astype(np.int16)).mean() < 2.0
+
+
+def test_opencv_resampling_geometry():
+    rng = np.random.default_rng(0)
+    image = (rng.random((40, 60, 3)) * 255).astype(np.uint8)
+    # The whole image at its own size: every output centre lands on an input centre.
+    np.testing.assert_array_equal(pipeline._warp(image, (60, 40), (0, 0, 60, 40)), image)
+    # A whole-pixel box at scale 1: the crop itself; a box shifted by half a pixel: the mean of
+    # two neighbours (rounded).
+    np.testing.assert_array_equal(pipeline._warp(image, (20, 10), (5, 7, 25, 17)),
+                                  image[7:17, 5:25])
+    half = pipeline._warp(image, (20, 10), (5.5, 7, 25.5, 17)).astype(int)
+    pair = (image[7:17, 5:25].astype(int) + image[7:17, 6:26]) / 2
+    assert np.abs(half - pair).max() <= 1
+    # Upscaling agrees with Pillow's bilinear to rounding; a 2x shrink is Pillow's, bit for bit.
+    assert pipeline.MAX_WARP_SHRINK < 2.0
+    up = pipeline._warp(image, (48, 48), (10.25, 3.5, 34.25, 27.5)).astype(int)
+    assert np.abs(up - pipeline._resize(image, (48, 48), (10.25, 3.5, 34.25, 27.5))).max() <= 2
+    np.testing.assert_array_equal(pipeline._warp(image, (30, 20), (0, 0, 60, 40)),
+                                  pipeline._resize(image, (30, 20), (0, 0, 60, 40)))
+    # Through train_batches, on arrays: the same flips and crops as decoder='fast' (upscaled here;
+    # OpenCV places samples to 1/32 pixel, a few grey levels on this noise at most; a mirrored or
+    # shifted crop would differ by tens).
+    view = pipeline.ViewConfig(image_size=48, resize_size=48, crop_scale=(0.3, 1.0))
+    source = [{"image": image, "label": 0}] * 8
+    a = next(pipeline.train_batches(source, np.arange(8), view, 8, seed=3, decoder="opencv"))
+    b = next(pipeline.train_batches(source, np.arange(8), view, 8, seed=3, decoder="fast"))
+    diff = np.abs(a["image"].astype(int) - b["image"])
+    assert diff.mean() < 1.0 and diff.max() <= 12
+
+
 def test_fast_view_falls_back_where_it_cannot_decode_less(tmp_path):
     rng = np.random.default_rng(0)
     pixels = (rng.random((90, 120, 3)) * 255).astype(np.uint8)

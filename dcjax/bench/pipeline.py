@@ -6,8 +6,8 @@ r"""The input pipeline against the reference loop, on the same encoded images in
 For each source, images/s of:
   * view `train`: DeepCluster's training view (RandomResizedCrop area 0.08-1, log-uniform aspect
     3/4-4/3, flip) through dcjax's loader (`pipeline.train_batches`, grain, `workers` threads,
-    batches of 64) with `decoder='fast'` and `decoder='pil'`, against the reference loop: one image
-    at a time in one thread, PIL decode + convert('RGB'), crop then bilinear resize (what
+    batches of 64) with `decoder='opencv'`, `'fast'` and `'pil'`, against the reference loop: one
+    image at a time in one thread, PIL decode + convert('RGB'), crop then bilinear resize (what
     torchvision's RandomResizedCrop does to a PIL image), flip, then ToTensor + Normalize (float32,
     CHW), as the official code's DataLoader transforms do;
   * view `train` with loader `dali` (`config.data.loader='dali'`, when NVIDIA DALI is installed):
@@ -285,7 +285,7 @@ def main(argv):
         ref_x = reference_extract(data, size, resize)
         add(name, "extract", "reference (PIL loop)", 1, ref_x, ref_x)
         for w in (int(v) for v in FLAGS.workers):
-            for decoder in ("fast", "pil"):
+            for decoder in ("opencv", "fast", "pil"):
                 add(name, "train", f"dcjax grain, decoder={decoder}", w,
                     loader_train(data, size, resize, w, decoder), ref)
             if dali_available():
