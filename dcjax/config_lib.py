@@ -102,8 +102,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.prefetch = 8  # batches
     # The training view's decoding: 'fast' (JPEGs decoded at the resolution the crop needs, DCT
     # scaling; same crops, pixels equal or within resampling), 'opencv' (the same decode, each crop
-    # resampled by OpenCV's bilinear warp, Pillow's where it shrinks 2x or more) or 'pil' (full
-    # decode, Pillow's resampling), data/pipeline.py; docs/benchmarks.md measures the three.
+    # resampled by OpenCV's bilinear warp, Pillow's where it shrinks more than 1.5x) or 'pil'
+    # (full decode, Pillow's resampling), data/pipeline.py; docs/benchmarks.md.
     c.data.decoder = "opencv"
     # The training view's loader: 'grain' (host threads / processes) or 'dali' (NVIDIA DALI: decode,
     # crop, resize and flip on the GPU; same crops and flips; data/dali_loader.py).
