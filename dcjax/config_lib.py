@@ -101,9 +101,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_workers = 0  # grain worker processes per host (0: threads only)
     c.data.prefetch = 8  # batches
     # The training view's decoding: 'fast' (JPEGs decoded at the resolution the crop needs, DCT
-    # scaling; same crops, pixels equal or within resampling), 'opencv' (the same decode, each crop
-    # resampled by OpenCV's bilinear warp, Pillow's where it shrinks more than 1.5x) or 'pil'
-    # (full decode, Pillow's resampling), data/pipeline.py; docs/benchmarks.md.
+    # scaling; same crops, pixels equal or within resampling), 'opencv' (only the crop's rows and
+    # columns decoded, at a DCT scale that leaves at most a 1.5x shrink, resampled by OpenCV's
+    # bilinear warp) or 'pil' (full decode, Pillow's resampling); docs/design.md, "Fast training
+    # view"; docs/benchmarks.md.
     c.data.decoder = "opencv"
     # The training view's loader: 'grain' (host threads / processes) or 'dali' (NVIDIA DALI: decode,
     # crop, resize and flip on the GPU; same crops and flips; data/dali_loader.py).

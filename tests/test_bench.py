@@ -89,8 +89,8 @@ def test_kmeans_table_auto_is_faiss_here(tmp_path):
 def test_pipeline_table(tmp_path):
     out = tmp_path / "pipeline.json"
     shared = shared_file("cifar10-jpg.tar.gz").parent
-    args = ["--sources=cifar10", "--images=128", "--workers=1", "--batch=32", f"--json={out}",
-            f"--shared_data={shared}"]
+    args = ["--sources=cifar10", "--images=128", "--workers=1,2", "--batch=32", "--repeats=2",
+            f"--json={out}", f"--shared_data={shared}"]
     run = subprocess.run([sys.executable, "-m", "dcjax.bench.pipeline", *args], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -106,4 +106,12 @@ def test_pipeline_table(tmp_path):
         assert r["images_per_sec_per_core"] == pytest.approx(r["images_per_sec"] / r["workers"])
     ref = next(r for r in rows if r["loader"] == "reference (PIL loop)" and r["view"] == "train")
     assert ref["vs_reference"] == pytest.approx(1.0)
+    lo, hi = ref["vs_reference_range"]
+    assert lo <= 1.0 <= hi
+    for r in rows:  # paired ratios: the median lies in their range; two workers against one
+        if r["view"] == "train" and r is not ref:
+            lo, hi = r["vs_reference_range"]
+            assert lo <= r["vs_reference"] <= hi
+            assert r["vs_one_worker"] == pytest.approx(1.0) if r["workers"] == 1 else (
+                r["vs_one_worker"] > 0)
     assert "| cifar10 | train | dcjax grain, decoder=fast | 1 |" in run.stdout

@@ -1,7 +1,7 @@
 r"""The input pipeline against the reference loop, on the same encoded images in the same run.
 
     python -m dcjax.bench.pipeline [--sources=imagenet-like,imagenet-like-256,imagenette-128,cifar10]
-        [--images=768] [--workers=1,2] [--json=PATH]
+        [--images=768] [--workers=1,2] [--repeats=3] [--json=PATH]
 
 For each source, images/s of:
   * view `train`: DeepCluster's training view (RandomResizedCrop area 0.08-1, log-uniform aspect
@@ -23,7 +23,11 @@ side does what its training loop needs before the network.
 
 `images_per_sec_per_core` divides by the worker threads (the reference uses one core);
 `vs_reference` is per-core images/s over the reference's per-core images/s. All images are encoded
-bytes in memory (no disk reads on either side).
+bytes in memory (no disk reads on either side). A shared machine's speed drifts by up to 2x within
+minutes, so each training-view row is measured `--repeats` times, round-robin over the loaders, every
+run right after a reference run of its own: `vs_reference` is the median of those paired ratios
+(`vs_reference_range` their range), and `vs_one_worker` (rows with more workers) the median of
+images/s over the same repeat's one-worker run: the scaling from 1 to N cores.
 
 Sources, built in memory from the shared data tarballs (../shared/data), the first `--images` files
 in sorted order:
@@ -40,6 +44,7 @@ in sorted order:
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -59,6 +64,7 @@ flags.DEFINE_integer("batch", 64, "Images per loader batch.")
 flags.DEFINE_string("shared_data", str(Path(__file__).resolve().parents[3] / "shared" / "data"),
                     "Folder with the shared data tarballs.")
 flags.DEFINE_string("json", "", "Write the rows as a JSON list here.")
+flags.DEFINE_integer("repeats", 3, "Paired runs of each training-view row (medians reported).")
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -280,28 +286,53 @@ def main(argv):
         kb = np.mean([len(d) for d in data]) / 1024
         print(f"{name}: {len(data)} images, {kb:.1f} KB per file, view {size} px (resize {resize})")
         reference_train(data[:32], size)  # warm-up
-        ref = reference_train(data, size)
+        train = {f"dcjax grain, decoder={d}": functools.partial(loader_train, decoder=d)
+                 for d in ("opencv", "fast", "pil")}
+        if dali_available():
+            train["dali (CPU operators)"] = dali_train
+        workers = [int(v) for v in FLAGS.workers]
+        # Paired runs: each loader's worker counts right after a reference run, FLAGS.repeats times
+        # round-robin, so that a machine whose speed drifts moves both sides of every ratio.
+        refs, rates, ratios = [], {}, {}
+        for _ in range(FLAGS.repeats):
+            for loader, fn in train.items():
+                ref = reference_train(data, size)
+                refs.append(ref)
+                for w in workers:
+                    ips = fn(data, size, resize, w)
+                    rates.setdefault((loader, w), []).append(ips)
+                    ratios.setdefault((loader, w), []).append(ips / w / ref)
+        ref = float(np.median(refs))
         add(name, "train", "reference (PIL loop)", 1, ref, ref)
+        rows[-1]["vs_reference_range"] = [min(refs) / ref, max(refs) / ref]
         ref_x = reference_extract(data, size, resize)
         add(name, "extract", "reference (PIL loop)", 1, ref_x, ref_x)
-        for w in (int(v) for v in FLAGS.workers):
-            for decoder in ("opencv", "fast", "pil"):
-                add(name, "train", f"dcjax grain, decoder={decoder}", w,
-                    loader_train(data, size, resize, w, decoder), ref)
-            if dali_available():
-                add(name, "train", "dali (CPU operators)", w, dali_train(data, size, resize, w),
-                    ref)
+        for w in workers:
+            for loader in train:
+                add(name, "train", loader, w, float(np.median(rates[loader, w])), ref)
+                r = ratios[loader, w]
+                rows[-1].update(vs_reference=float(np.median(r)), vs_reference_range=[min(r), max(r)])
+                one = rates.get((loader, 1))
+                if one:  # paired: the same repeat's one-worker run
+                    rows[-1]["vs_one_worker"] = float(np.median(
+                        [a / b for a, b in zip(rates[loader, w], one)]))
             decoded, host, device = loader_extract(data, size, resize, w)
             add(name, "extract", "dcjax grain", w, decoded, ref_x)
             add(name, "extract-cache", "dcjax view cache (host)", w, host, decoded / w)
             add(name, "extract-cache", "dcjax view cache (device)", w, device, decoded / w)
 
-    print("\n| source | view | loader | workers | images/s | images/s per core | vs reference |\n"
-          "|---|---|---|---|---|---|---|")
+    print("\n| source | view | loader | workers | images/s | images/s per core | vs reference "
+          "| vs 1 worker |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
+        span = r.get("vs_reference_range")
+        span = f" ({span[0]:.2f}-{span[1]:.2f})" if span and r["view"] == "train" else ""
+        one = f"{r['vs_one_worker']:.2f}x" if "vs_one_worker" in r else ""
         print(f"| {r['source']} | {r['view']} | {r['loader']} | {r['workers']} | "
               f"{r['images_per_sec']:,.0f} | {r['images_per_sec_per_core']:,.0f} | "
-              f"{r['vs_reference']:.2f}x |")
+              f"{r['vs_reference']:.2f}x{span} | {one} |")
+    print(f"(train rows: medians of {FLAGS.repeats} runs, each paired with a reference run just "
+          "before it; in brackets the range of the ratio; the reference row's range is of its "
+          "speed, against its median. vs 1 worker: paired images/s against the one-worker run.)")
     print("(extract-cache rows: vs the decoding pass with the same workers)")
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:

@@ -107,7 +107,7 @@ def _resize(image: np.ndarray, size: tuple[int, int], box: tuple[float, float, f
     return np.asarray(out)
 
 
-MAX_WARP_SHRINK = 1.5  # decoder='opencv': larger shrinks are resampled by Pillow (`_warp`)
+MAX_WARP_SHRINK = 1.5  # `_warp` hands larger shrinks to Pillow; `_scale_for` avoids them
 
 
 @functools.cache
@@ -422,8 +422,8 @@ def train_batches(source: Any, indices: np.ndarray, view: ViewConfig, global_bat
 
     Batches `start_batch`, `start_batch + 1`, ... of the epoch; image randomness depends only on
     (`seed`, position in `indices`). `decoder`: 'fast' (`fast_train_view`: JPEGs decoded at the
-    resolution the crop needs), 'opencv' (the same decode, crops resampled by OpenCV, `_warp`) or
-    'pil' (`train_view` on the full decode); same crops and flips.
+    resolution the crop needs), 'opencv' (`region_train_view`: only the crop's rows and columns
+    decoded, resampled by OpenCV) or 'pil' (`train_view` on the full decode); same crops and flips.
     """
     if decoder not in DECODERS:
         raise ValueError(f"decoder {decoder!r} must be one of {DECODERS}")
