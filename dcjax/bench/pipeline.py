@@ -27,7 +27,8 @@ bytes in memory (no disk reads on either side). A shared machine's speed drifts 
 minutes, so each training-view row is measured `--repeats` times, round-robin over the loaders, every
 run right after a reference run of its own: `vs_reference` is the median of those paired ratios
 (`vs_reference_range` their range), and `vs_one_worker` (rows with more workers) the median of
-images/s over the same repeat's one-worker run: the scaling from 1 to N cores.
+images/s over the same repeat's one-worker run: the scaling from 1 to N cores. Each of these
+measurements repeats its pass over the images until it has run `--min_seconds` (2 by default).
 
 Sources, built in memory from the shared data tarballs (../shared/data), the first `--images` files
 in sorted order:
@@ -50,6 +51,7 @@ import json
 import os
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +67,8 @@ flags.DEFINE_string("shared_data", str(Path(__file__).resolve().parents[3] / "sh
                     "Folder with the shared data tarballs.")
 flags.DEFINE_string("json", "", "Write the rows as a JSON list here.")
 flags.DEFINE_integer("repeats", 3, "Paired runs of each training-view row (medians reported).")
+flags.DEFINE_float("min_seconds", 2.0, "Each training-view measurement repeats its pass over the "
+                   "images until at least this long.")
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -129,6 +133,17 @@ def _to_tensor_normalized(im) -> np.ndarray:
     return ((x - MEAN) / STD).transpose(2, 0, 1).copy()
 
 
+def _timed(one_pass: Callable[[], int]) -> float:
+    """images/s of whole passes (`one_pass` returns its image count) repeated until at least
+    --min_seconds have passed: a pass over a few hundred images can take a fraction of a second."""
+    count, t = 0, time.perf_counter()
+    while True:
+        count += one_pass()
+        elapsed = time.perf_counter() - t
+        if elapsed >= FLAGS.min_seconds:
+            return count / elapsed
+
+
 def reference_train(data: list[bytes], size: int, seed: int = 0) -> float:
     """images/s of the reference's training transforms, one image at a time, one thread."""
     from PIL import Image
@@ -136,16 +151,19 @@ def reference_train(data: list[bytes], size: int, seed: int = 0) -> float:
     from dcjax.data.pipeline import random_resized_crop_box
 
     rng = np.random.default_rng(seed)
-    t = time.perf_counter()
-    for d in data:
-        im = Image.open(io.BytesIO(d)).convert("RGB")
-        w, h = im.size
-        top, left, ch, cw = random_resized_crop_box(h, w, rng, (0.08, 1.0), (3 / 4, 4 / 3))
-        im = im.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BILINEAR)
-        if rng.random() < 0.5:
-            im = im.transpose(Image.FLIP_LEFT_RIGHT)
-        _to_tensor_normalized(im)
-    return len(data) / (time.perf_counter() - t)
+
+    def one_pass():
+        for d in data:
+            im = Image.open(io.BytesIO(d)).convert("RGB")
+            w, h = im.size
+            top, left, ch, cw = random_resized_crop_box(h, w, rng, (0.08, 1.0), (3 / 4, 4 / 3))
+            im = im.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BILINEAR)
+            if rng.random() < 0.5:
+                im = im.transpose(Image.FLIP_LEFT_RIGHT)
+            _to_tensor_normalized(im)
+        return len(data)
+
+    return _timed(one_pass)
 
 
 def reference_extract(data: list[bytes], size: int, resize: int) -> float:
@@ -193,9 +211,7 @@ def loader_train(data, size, resize, workers: int, decoder: str) -> float:
             decoder=decoder))
 
     run(indices[:FLAGS.batch * workers])  # warm-up: imports, threads, decoders
-    t = time.perf_counter()
-    count = run(indices)
-    return count / (time.perf_counter() - t)
+    return _timed(lambda: run(indices))
 
 
 def dali_train(data, size, resize, workers: int) -> float:
@@ -213,9 +229,7 @@ def dali_train(data, size, resize, workers: int) -> float:
             num_threads=workers))
 
     run(indices[:FLAGS.batch])  # warm-up: builds a pipeline
-    t = time.perf_counter()
-    count = run(indices)
-    return count / (time.perf_counter() - t)
+    return _timed(lambda: run(indices))
 
 
 def loader_extract(data, size, resize, workers: int) -> tuple[float, float, float]:
