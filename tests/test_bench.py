@@ -90,7 +90,8 @@ def test_pipeline_table(tmp_path):
     out = tmp_path / "pipeline.json"
     shared = shared_file("cifar10-jpg.tar.gz").parent
     args = ["--sources=cifar10", "--images=128", "--workers=1,2", "--batch=32", "--repeats=2",
-            "--min_seconds=0.1", f"--json={out}", f"--shared_data={shared}"]
+            "--min_seconds=0.1", "--epoch_images=128",
+            f"--json={out}", f"--shared_data={shared}"]
     run = subprocess.run([sys.executable, "-m", "dcjax.bench.pipeline", *args], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -28,7 +28,10 @@ minutes, so each training-view row is measured `--repeats` times, round-robin ov
 run right after a reference run of its own: `vs_reference` is the median of those paired ratios
 (`vs_reference_range` their range), and `vs_one_worker` (rows with more workers) the median of
 images/s over the same repeat's one-worker run: the scaling from 1 to N cores. Each of these
-measurements repeats its pass over the images until it has run `--min_seconds` (2 by default).
+measurements is one pass of `--epoch_images` (4,096: the source's images in shuffled passes, as
+DeepCluster's sampler repeats images to fill an epoch, so that starting the loader and its last
+batches weigh little), repeated until it has run `--min_seconds` (2 by default); the reference
+loop goes over the source once per pass.
 
 Sources, built in memory from the shared data tarballs (../shared/data), the first `--images` files
 in sorted order:
@@ -67,6 +70,8 @@ flags.DEFINE_string("shared_data", str(Path(__file__).resolve().parents[3] / "sh
                     "Folder with the shared data tarballs.")
 flags.DEFINE_string("json", "", "Write the rows as a JSON list here.")
 flags.DEFINE_integer("repeats", 3, "Paired runs of each training-view row (medians reported).")
+flags.DEFINE_integer("epoch_images", 4096, "Images per loader pass of the training view (the "
+                     "source's images repeated in shuffled passes).")
 flags.DEFINE_float("min_seconds", 2.0, "Each training-view measurement repeats its pass over the "
                    "images until at least this long.")
 
@@ -198,12 +203,21 @@ class _Records:
         return {"image": self._data[i], "label": 0}
 
 
+def _epoch_indices(n: int) -> np.ndarray:
+    """The training pass's index array: shuffled passes over the n images up to --epoch_images
+    (whole batches), as the sampler repeats images to fill an epoch. One long pass, so that the
+    loader's start and its last, partly idle batches weigh as little as in a real epoch."""
+    rng = np.random.default_rng(0)
+    count = max(FLAGS.epoch_images, n) // FLAGS.batch * FLAGS.batch
+    reps = -(-count // n)
+    return np.concatenate([rng.permutation(n) for _ in range(reps)])[:count]
+
+
 def loader_train(data, size, resize, workers: int, decoder: str) -> float:
     from dcjax.data import pipeline
 
     view = pipeline.ViewConfig(image_size=size, resize_size=resize)
-    n = len(data) // FLAGS.batch * FLAGS.batch
-    indices = np.random.default_rng(0).permutation(len(data))[:n]
+    indices = _epoch_indices(len(data))
 
     def run(idx):
         return sum(len(b["index"]) for b in pipeline.train_batches(
@@ -220,8 +234,7 @@ def dali_train(data, size, resize, workers: int) -> float:
     from dcjax.sharding import default_mesh
 
     view = pipeline.ViewConfig(image_size=size, resize_size=resize)
-    n = len(data) // FLAGS.batch * FLAGS.batch
-    indices = np.random.default_rng(0).permutation(len(data))[:n]
+    indices = _epoch_indices(len(data))
 
     def run(idx):
         return sum(len(b["index"]) for b in dali_loader.train_batches(

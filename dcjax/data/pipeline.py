@@ -121,7 +121,8 @@ def _opencv():
 
 def _warp(image: np.ndarray, size: tuple[int, int], box: tuple[float, float, float, float]):
     """`_resize` by OpenCV: bilinear interpolation at each output pixel's centre, mapped into `box`
-    exactly (fractional boxes too), edge pixels replicated. Pillow widens its filter as a box
+    exactly (fractional boxes too: a warp; whole-pixel boxes that shrink: a resize of the crop),
+    edge pixels replicated. Pillow widens its filter as a box
     shrinks and OpenCV's bilinear does not, so the two drift apart with the shrink (a mean of
     0.2 grey levels at 1x, 0.9 at 1.5x, 1.7 at 2x on photos); crops that shrink by more than
     MAX_WARP_SHRINK on either axis go through Pillow (tests/test_data.py)."""
