@@ -1,9 +1,12 @@
 """Launch scripts in dry-run mode: the exact commands they would run."""
 
+import json
 import os
 import subprocess
+import sys
 
-from conftest import ROOT
+import pytest
+from conftest import ROOT, shared_file
 
 
 def dry_run(*args, **env):
@@ -46,16 +49,60 @@ def test_tpu_pod():
 def test_gpu_benchmarks():
     out = [line.strip() for line in
            dry_run("launch/gpu_benchmarks.sh", "/tmp/gpu_out", PYTHON="python3").splitlines()]
-    assert len(out) == 3
-    assert out[0] == "python3 -m dcjax.bench.imagenet_epoch --json=/tmp/gpu_out/imagenet_epoch.json"
-    assert "-m dcjax.bench.models --skip_pipeline --models=alexnet --batch_224=256" in out[1]
-    assert "--sizes=1281167x256x10000x20\\,1281167x256x10000x2" in out[2]
-    assert out[2].endswith("--json=/tmp/gpu_out/kmeans.json")
+    assert len(out) == 4  # in priority order, each under its own cap
+    assert out[0].startswith("timeout -s TERM 170 python3 -m dcjax.bench.kmeans "
+                             "--sizes=1281167x256x10000x20\\,100000x256x1000x20 ")
+    assert "--precisions=highest\\,bf16_3x\\,exact_fast" in out[0]
+    assert "--backends=jax\\,torch" in out[0] and out[0].endswith("--json=/tmp/gpu_out/kmeans.json")
+    assert out[1].startswith("timeout -s TERM 150 python3 -m dcjax.main "
+                             "--config=configs/imagenette.py:alexnet224 ")
+    for flag in ("--config.data.decoder=opencv", "--config.data.view_cache=device",
+                 "--config.data.num_workers=12", "--config.clustering.backend=jax"):
+        assert flag in out[1]
+    assert "-m dcjax.bench.models --skip_pipeline --models=alexnet" in out[2]
+    assert "--batch_224=256" in out[2]
+    assert "-m dcjax.bench.imagenet_epoch" in out[3]
+    assert out[3].endswith("--json=/tmp/gpu_out/imagenet_epoch.json")
+    caps = [int(line.split()[3]) for line in out]
+    assert sum(caps) <= 540  # the parts fit 9 minutes of a 10-minute device call
     only = dry_run("launch/gpu_benchmarks.sh", "/tmp/gpu_out", "models", PYTHON="python3")
     assert only.count("\n") == 1 and "dcjax.bench.models" in only
+    tiny = dry_run("launch/gpu_benchmarks.sh", "/tmp/gpu_out", TINY="1", PYTHON="python3")
+    assert "--sizes=20000x64x100x3" in tiny and "imagenette.py:smoke" in tiny
     bad = subprocess.run(["bash", "launch/gpu_benchmarks.sh", "/tmp/gpu_out", "nope"], cwd=ROOT,
                          env=dict(os.environ, DRY_RUN="1"), capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown benchmark: nope" in bad.stderr
+
+
+@pytest.mark.slow
+def test_gpu_benchmarks_tiny_real_run(tmp_path):
+    """Every part of the device script runs for real at toy sizes on this CPU and writes its table,
+    so the one device call does not fail on a typo."""
+    tarball = shared_file("imagenette-128.tar.gz")
+    out = tmp_path / "out"
+    env = dict(os.environ, TINY="1", PYTHON=sys.executable, DCJAX_DATA_DIR=str(tmp_path / "tfds"),
+               IMAGENETTE=str(tarball), TMPDIR=str(tmp_path))
+    run = subprocess.run(["bash", "launch/gpu_benchmarks.sh", str(out)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["env.txt", "imagenet_epoch.json", "imagenet_epoch.txt", "imagenette_epoch.txt",
+                     "imagenette_metrics.jsonl", "kmeans.json", "kmeans.txt", "models.txt"]
+    rows = json.loads((out / "kmeans.json").read_text())
+    assert {(r["backend"], r["precision"]) for r in rows if r["n"] == 20000} == {
+        ("jax", "highest"), ("jax", "bf16_3x"), ("jax", "exact_fast"),
+        ("torch (cpu)", "float32"), ("torch (cpu)", "tf32")}
+    exact = next(r for r in rows if r["precision"] == "exact_fast" and r["n"] == 20000)
+    assert exact["same_as_first_jax"] == "yes" and exact["rescored"] > 0
+    torch_row = next(r for r in rows if r["backend"] == "torch (cpu)" and r["n"] == 20000)
+    assert torch_row["objective"] == pytest.approx(exact["objective"], rel=1e-4)
+    records = [json.loads(line) for line in
+               (out / "imagenette_metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert all(r["time_train"] > 0 for r in records)
+    assert "| alexnet 224px | 2 | 10000 | bfloat16 |" in (out / "models.txt").read_text()
+    assert json.loads((out / "imagenet_epoch.json").read_text())["measured"]
+    assert "exit 0" in (out / "imagenet_epoch.txt").read_text()
 
 
 def test_gpu_cifar10_runs_training_then_both_probes_on_both_networks():

@@ -1,14 +1,24 @@
-r"""k-means and PCA-whitening: dcjax (JAX) against faiss and scikit-learn on the same data and init.
+r"""k-means and PCA-whitening: dcjax (JAX) against faiss, scikit-learn and PyTorch on the same data
+and init.
 
     python -m dcjax.bench.kmeans [--sizes=100000x256x1000x20,1000000x256x10000x1] [--json=PATH]
-                                 [--backends=jax,auto,faiss,sklearn] [--precisions=highest]
-                                 [--pca=100000x4096x256]
+                                 [--backends=jax,auto,faiss,sklearn,torch] [--precisions=highest]
+                                 [--torch_precisions=float32,tf32] [--pca=100000x4096x256]
 
 Each (backend, size) runs in its own subprocess so its peak resident memory (`peak_rss_mb`) is its
-own; all of them build the same synthetic clustered data from the same seed and start from the same
-k initial centroids. `seconds` is the clustering call alone, after a warm-up call that compiles (JAX)
-on the same shapes; `objective` is the backend's sum of squared distances at its last assignment
-step (scikit-learn: its final inertia). The table's last column is each time relative to faiss.
+own; all of them read the same synthetic clustered data (made once per size from a fixed seed) and
+start from the same k initial centroids. `seconds` is the clustering call alone, after a warm-up call
+that compiles (JAX) on the same shapes; `objective` is the backend's sum of squared distances at its
+last assignment step (scikit-learn: its final inertia); `non-empty` counts the clusters of the final
+assignment. Each JAX row after the first of its size says whether its final assignment equals the
+first JAX row's (`--precisions=highest,exact_fast`: whether exact_fast gives highest's assignment).
+The speed column is each time relative to faiss, or, where faiss did not run that size, to the
+PyTorch row.
+
+`torch` is the reference on a GPU where no faiss GPU build can be installed: Lloyd iterations as
+faiss' flat GPU index computes them (a `||c||^2 - 2 x.c` matmul on the device, argmin per row,
+chunked rows), faiss' empty-cluster split, the same initial centroids; `float32` with TF32 off,
+`tf32` with it on. It runs on the GPU when PyTorch sees one, else on the CPU.
 
 The BLAS kernel matters to faiss and scikit-learn: by default the children run with
 OPENBLAS_CORETYPE set to the best kernel this processor supports (SkylakeX with AVX-512, else
@@ -32,8 +42,12 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 flags.DEFINE_string("sizes", "100000x256x1000x20,1000000x256x10000x1",
                     "Comma-separated NxDxKxITERS problems.")
-flags.DEFINE_string("backends", "jax,auto,faiss,sklearn", "Which backends to run.")
+flags.DEFINE_string("backends", "jax,auto,faiss,sklearn", "Which backends to run (also: torch).")
 flags.DEFINE_list("precisions", ["highest"], "The jax backend's clustering.precision values.")
+flags.DEFINE_list("torch_precisions", ["float32"], "The torch backend's matmul: float32 (TF32 "
+                  "off), tf32.")
+flags.DEFINE_integer("timeout", 0, "Seconds each measurement (subprocess) may take (0: no limit); "
+                     "a measurement past it is a 'failed: timeout' row.")
 flags.DEFINE_string("pca", "100000x4096x256", "NxDxDIM PCA-whitening problem ('' to skip).")
 flags.DEFINE_string("json", "", "Write the rows as a JSON list here.")
 flags.DEFINE_string("blas_coretype", "best", "'best', 'inherit', or an OPENBLAS_CORETYPE value.")
@@ -82,11 +96,68 @@ def blas_kernel() -> str:
         return "?"
 
 
+def kmeans_torch(x: np.ndarray, init: np.ndarray, iterations: int, precision: str = "float32",
+                 chunk: int = 32768, seed: int = INIT_SEED) -> tuple[np.ndarray, list[float]]:
+    """Lloyd iterations in PyTorch, as faiss' flat GPU index computes them: scores
+    `||c||^2 - 2 x.c` by a matmul on the device, `chunk` rows at a time, argmin per row; the means;
+    then faiss' split of each empty cluster (a donor drawn with probability proportional to its
+    size - 1, its centroid copied and both scaled by 1 +- 1/1024 in alternating coordinates, its
+    count halved). Returns the last assignment and each iteration's objective (sum of squared
+    distances of that iteration's assignment). `precision`: 'float32' (TF32 off) or 'tf32'."""
+    import torch
+
+    if precision not in ("float32", "tf32"):
+        raise ValueError(f"torch precision {precision!r} must be float32 or tf32")
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gen = torch.Generator().manual_seed(seed)
+    xt = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(dev)
+    c = torch.from_numpy(np.ascontiguousarray(init, np.float32)).to(dev)
+    (n, d), k = xt.shape, c.shape[0]
+    sign = torch.where(torch.arange(d, device=dev) % 2 == 0, 1.0, -1.0)
+    x_sq = (xt * xt).sum(1)
+    assign = torch.empty(n, dtype=torch.long, device=dev)
+    objectives = []
+    for _ in range(iterations):
+        c_sq = (c * c).sum(1)
+        total = torch.zeros((), dtype=torch.float64, device=dev)
+        for start in range(0, n, chunk):
+            scores = torch.addmm(c_sq[None, :], xt[start:start + chunk], c.T, alpha=-2.0)
+            best, idx = scores.min(1)
+            assign[start:start + chunk] = idx
+            total += (best + x_sq[start:start + chunk]).clamp_min(0).sum(dtype=torch.float64)
+        objectives.append(total)
+        counts = torch.bincount(assign, minlength=k)
+        sums = torch.zeros_like(c).index_add_(0, assign, xt)
+        c = torch.where((counts > 0)[:, None], sums / counts.clamp_min(1)[:, None].to(c.dtype), c)
+        empty = torch.nonzero(counts == 0).flatten().tolist()
+        if empty:
+            host = counts.cpu()
+            for ci in empty:
+                cj = int(torch.multinomial((host - 1).clamp_min(0).double(), 1, generator=gen))
+                donor = c[cj].clone()
+                c[ci], c[cj] = donor * (1 + sign * SPLIT_EPS), donor * (1 - sign * SPLIT_EPS)
+                host[ci] = host[cj] // 2
+                host[cj] -= host[ci]
+    return assign.cpu().numpy().astype(np.int32), [float(o) for o in objectives]
+
+
+SPLIT_EPS = 1.0 / 1024.0
+
+
+def torch_device() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
 def run_child(spec: dict) -> dict:
     kind, backend = spec["kind"], spec["backend"]
     n, d = spec["n"], spec["d"]
-    x = make_data(n, d)
+    x = np.load(spec["data"]) if spec.get("data") else make_data(n, d)
     row = dict(kind=kind, backend=backend, n=n, d=d)
+    assignment = None
     if kind == "kmeans":
         k, iters = spec["k"], spec["iters"]
         init = initial_centroids(x, k)
@@ -101,6 +172,14 @@ def run_child(spec: dict) -> dict:
             result = kmeans(x, k, iterations=iters, initial_centroids=init, precision=precision)
             seconds, objective = time.perf_counter() - t, float(result.objective[-1])
             row.update(precision=precision, rescored=result.rescored_share)
+            assignment = result.assignment
+        elif backend == "torch":
+            precision = spec.get("precision", "float32")
+            kmeans_torch(x, init, 1, precision)  # cuBLAS' start-up and the device's first copy
+            t = time.perf_counter()
+            assignment, objectives = kmeans_torch(x, init, iters, precision)
+            seconds, objective = time.perf_counter() - t, objectives[-1]
+            row.update(precision=precision, backend=f"torch ({torch_device()})")
         elif backend == "auto":
             from dcjax.clustering import choose_backend, run_kmeans
 
@@ -118,13 +197,20 @@ def run_child(spec: dict) -> dict:
             t = time.perf_counter()
             result = kmeans_faiss(x, k, iterations=iters, initial_centroids=init)
             seconds, objective = time.perf_counter() - t, float(result.objective[-1])
+            assignment = result.assignment
         else:
             from sklearn.cluster import KMeans
 
             t = time.perf_counter()
             km = KMeans(k, init=init, n_init=1, max_iter=iters, tol=0.0, algorithm="lloyd").fit(x)
             seconds, objective = time.perf_counter() - t, float(km.inertia_)
+            assignment = km.labels_
         row.update(seconds=seconds, objective=objective)
+        if assignment is not None:
+            assignment = np.asarray(assignment)
+            row["nonempty"] = int(len(np.unique(assignment[assignment >= 0])))
+            if spec.get("save"):
+                np.save(spec["save"], assignment.astype(np.int32))
     else:
         dim = spec["dim"]
         row.update(k=dim, iters=0)
@@ -169,48 +255,40 @@ def child_env() -> dict:
 
 def measure(spec: dict) -> dict:
     cmd = [sys.executable, "-m", "dcjax.bench.kmeans", f"--child={json.dumps(spec)}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=child_env(),
+                             timeout=FLAGS.timeout or None)
+    except subprocess.TimeoutExpired:
+        return dict(spec, seconds=None, objective=None, peak_rss_mb=None, blas="-",
+                    error=f"timeout ({FLAGS.timeout} s)")
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode != 0 or not lines:
         tail = (out.stderr.strip().splitlines() or ["?"])[-1]
         return dict(spec, seconds=None, objective=None, peak_rss_mb=None, blas="-", error=tail)
-    return json.loads(lines[-1])
+    return {**spec, **json.loads(lines[-1])}
 
 
-def main(argv):
-    del argv
-    if FLAGS.child:
-        print(json.dumps(run_child(json.loads(FLAGS.child))))
-        return
-    import jax
+def same_assignment(row: dict, first: dict | None) -> str:
+    """'yes', 'N differ' or '-': the row's final assignment against the first JAX row's."""
+    if first is None or first is row or not row.get("save") or not first.get("save"):
+        return "-"
+    if not (os.path.exists(row["save"]) and os.path.exists(first["save"])):
+        return "-"
+    a, b = np.load(row["save"]), np.load(first["save"])
+    differ = int(np.sum(a != b))
+    return "yes" if differ == 0 else f"{differ:,} differ"
 
-    dev = jax.devices()[0]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"jax {jax.__version__} on {jax.device_count()} x {dev.platform} ({dev.device_kind})")
-    rows = []
-    backends = [b for b in FLAGS.backends.split(",") if b]
-    for size in [s for s in FLAGS.sizes.split(",") if s]:
-        n, d, k, iters = (int(v) for v in size.split("x"))
-        for backend in backends:
-            if backend == "sklearn" and n > FLAGS.sklearn_max_n:
-                continue
-            if backend == "faiss" and 0 < FLAGS.faiss_max_iters < iters:
-                continue
-            for precision in FLAGS.precisions if backend == "jax" else [None]:
-                spec = dict(kind="kmeans", backend=backend, n=n, d=d, k=k, iters=iters)
-                rows.append(measure(spec if precision is None else dict(spec, precision=precision)))
-    if FLAGS.pca:
-        n, d, dim = (int(v) for v in FLAGS.pca.split("x"))
-        for backend in [b for b in backends if b in ("jax", "faiss")]:
-            rows.append(measure(dict(kind="pca", backend=backend, n=n, d=d, dim=dim)))
 
-    print("\n| task | N | d | k / dim | iters | backend | precision | seconds | vs faiss | objective "
-          "| obj / faiss | rescored | peak RSS MB | BLAS |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+def print_table(rows: list[dict]) -> None:
+    print("\n| task | N | d | k / dim | iters | backend | precision | seconds | speed vs ref | "
+          "objective | obj / ref | non-empty | rescored | = first jax | peak RSS MB | BLAS |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for row in rows:
-        ref = next((r for r in rows if r["backend"] == "faiss" and r["kind"] == row["kind"]
-                    and r["n"] == row["n"] and r.get("k") == row.get("k")
-                    and r.get("iters") == row.get("iters")), None)
+        same = [r for r in rows if r["kind"] == row["kind"] and r["n"] == row["n"]
+                and r.get("k") == row.get("k") and r.get("iters") == row.get("iters")]
+        ref = (next((r for r in same if r["backend"] == "faiss"), None)
+               or next((r for r in same if r["backend"].startswith("torch")), None))
+        first_jax = next((r for r in same if r["backend"] == "jax"), None)
         speed = obj = "-"
         if ref and ref.get("seconds") and row.get("seconds"):
             speed = f"{ref['seconds'] / row['seconds']:.2f}x"
@@ -220,10 +298,65 @@ def main(argv):
         objective = f"{row['objective']:.6g}" if row.get("objective") else "-"
         rss = f"{row['peak_rss_mb']:,.0f}" if row.get("peak_rss_mb") else "-"
         rescored = f"{row['rescored']:.2%}" if row.get("rescored") is not None else "-"
+        nonempty = f"{row['nonempty']:,}" if row.get("nonempty") is not None else "-"
         print(f"| {row['kind']} | {row['n']:,} | {row['d']} | {row.get('k', '-')} | "
               f"{row.get('iters', '-')} | {row['backend']} | {row.get('precision') or '-'} | "
-              f"{secs} | {speed} | {objective} | {obj} | {rescored} | {rss} | "
-              f"{row.get('blas', '-')} |")
+              f"{secs} | {speed} | {objective} | {obj} | {nonempty} | {rescored} | "
+              f"{same_assignment(row, first_jax) if row['backend'] == 'jax' else '-'} | {rss} | "
+              f"{row.get('blas', '-')} |", flush=True)
+
+
+def main(argv):
+    del argv
+    if FLAGS.child:
+        print(json.dumps(run_child(json.loads(FLAGS.child))))
+        return
+    import tempfile
+
+    import jax
+
+    dev = jax.devices()[0]
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"jax {jax.__version__} on {jax.device_count()} x {dev.platform} ({dev.device_kind})",
+          flush=True)
+    rows = []
+    backends = [b for b in FLAGS.backends.split(",") if b]
+    with tempfile.TemporaryDirectory(prefix="dcjax-bench-kmeans-") as scratch:
+        for size in [s for s in FLAGS.sizes.split(",") if s]:
+            n, d, k, iters = (int(v) for v in size.split("x"))
+            data = os.path.join(scratch, f"x-{n}x{d}.npy")
+            if not os.path.exists(data):
+                np.save(data, make_data(n, d))  # once per shape: every child reads these rows
+            for backend in backends:
+                if backend == "sklearn" and n > FLAGS.sklearn_max_n:
+                    continue
+                if backend == "faiss" and 0 < FLAGS.faiss_max_iters < iters:
+                    continue
+                precisions = {"jax": FLAGS.precisions, "torch": FLAGS.torch_precisions}
+                for precision in precisions.get(backend, [None]):
+                    spec = dict(kind="kmeans", backend=backend, n=n, d=d, k=k, iters=iters,
+                                data=data, save=os.path.join(scratch, f"a{len(rows)}.npy"))
+                    if precision is not None:
+                        spec["precision"] = precision
+                    rows.append(measure(spec))
+                    row = rows[-1]
+                    print(f"{backend} {precision or ''} {size}: "
+                          + (f"{row['seconds']:.2f} s" if row.get("seconds") else
+                             f"failed: {row.get('error')}"), flush=True)
+        if FLAGS.pca:
+            n, d, dim = (int(v) for v in FLAGS.pca.split("x"))
+            for backend in [b for b in backends if b in ("jax", "faiss")]:
+                rows.append(measure(dict(kind="pca", backend=backend, n=n, d=d, dim=dim)))
+        print_table(rows)
+        for row in rows:  # the scratch folder goes with the assignments
+            first = next((r for r in rows if r["backend"] == "jax" and r["n"] == row["n"]
+                          and r.get("k") == row.get("k") and r.get("iters") == row.get("iters")
+                          and r["kind"] == row["kind"]), None)
+            if row["backend"] == "jax":
+                row["same_as_first_jax"] = same_assignment(row, first)
+    for row in rows:
+        row.pop("data", None)
+        row.pop("save", None)
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:
             json.dump(rows, f, indent=1)
