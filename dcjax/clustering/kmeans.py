@@ -108,6 +108,15 @@ def _nearest(x, centroids, chunk: int, precision: str = "highest"):
 _U32, _U16 = 2.0 ** -24, 2.0 ** -8
 
 
+def _bf16_rounded(v):
+    """float32 `v` rounded to bfloat16's values (round to nearest even), kept in float32: the
+    operand the bfloat16 pass multiplies. Not `v.astype(bfloat16).astype(float32)`: XLA may drop
+    that round trip as an excess-precision no-op (XLA:GPU does, measured on an H200: the rounding
+    errors came out 0, the bounds too small, and 0.4% of the rows 'decided' wrongly);
+    reduce_precision is the rounding XLA keeps."""
+    return lax.reduce_precision(v, exponent_bits=8, mantissa_bits=7)
+
+
 def _nearest_exact_fast(x, centroids, chunk: int):
     """`_nearest(..., 'highest')`'s assignment at the cost of one bfloat16 matmul plus a float32
     re-scoring of the rows that pass cannot decide (docs/design.md, "exact_fast").
@@ -132,7 +141,7 @@ def _nearest_exact_fast(x, centroids, chunk: int):
     n, d = x.shape
     c_sq = jnp.sum(centroids * centroids, axis=1)
     c16 = centroids.astype(jnp.bfloat16)
-    c16f = c16.astype(jnp.float32)
+    c16f = _bf16_rounded(centroids)
     c_max = jnp.sqrt(jnp.max(c_sq))
     c16_max = jnp.sqrt(jnp.max(jnp.sum(c16f * c16f, axis=1)))
     dc_max = jnp.sqrt(jnp.max(jnp.sum((centroids - c16f) ** 2, axis=1)))
@@ -142,7 +151,7 @@ def _nearest_exact_fast(x, centroids, chunk: int):
 
     def one_chunk(xc):
         x16 = xc.astype(jnp.bfloat16)
-        x16f = x16.astype(jnp.float32)
+        x16f = _bf16_rounded(xc)
         scores = c_sq[None, :] - 2.0 * jnp.dot(x16, c16.T, preferred_element_type=jnp.float32)
         best = jnp.argmin(scores, axis=1).astype(jnp.int32)
         first = jnp.min(scores, axis=1)
