@@ -94,6 +94,7 @@ def test_gpu_benchmarks_tiny_real_run(tmp_path):
         ("torch (cpu)", "float32"), ("torch (cpu)", "tf32")}
     exact = next(r for r in rows if r["precision"] == "exact_fast" and r["n"] == 20000)
     assert exact["same_as_first_jax"] == "yes" and exact["rescored"] > 0
+    assert exact["one_pass_same_as_first_jax"] == "yes"
     torch_row = next(r for r in rows if r["backend"] == "torch (cpu)" and r["n"] == 20000)
     assert torch_row["objective"] == pytest.approx(exact["objective"], rel=1e-4)
     records = [json.loads(line) for line in

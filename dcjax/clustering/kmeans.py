@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from dcjax.sharding import AXIS, check_features, check_valid, shard_rows
+from dcjax.sharding import AXIS, check_features, check_valid, put, shard_rows
 
 HIGHEST = lax.Precision.HIGHEST
 SPLIT_EPS = 1.0 / 1024.0
@@ -316,6 +316,10 @@ def kmeans(features, k: int, *, iterations: int = 20, seed: int = 0, chunk_size:
                              f"expected ({k}, {d})")
         centroids = np.asarray(initial_centroids, np.float32)
     x, mask, mesh, chunk = shard_rows(features, chunk_size, mesh, valid)
+    # Replicated on the mesh as each iteration returns them, so the first iteration has the others'
+    # signature: one compile per shape (host centroids compiled a second variant at iteration 2,
+    # which benchmarks that warm up on one iteration timed: about 1 s a call on an H200).
+    centroids = put(centroids, NamedSharding(mesh, PartitionSpec()))
     key = jax.random.key(seed)
     objective, splits, rescored = [], [], []
     from tqdm import tqdm
