@@ -2,6 +2,7 @@
 oracle. The PyTorch networks here are written from the architecture tables in docs/design.md and
 the official layout's key names (features / classifier Sequentials, sobel, top_layer)."""
 
+import copy
 import subprocess
 import sys
 
@@ -236,11 +237,38 @@ def test_convert_command_errors_are_one_line_exit_2(tmp_path):
 BATCH = 2
 
 
-def two_sgd_steps_update_error(bn_variance: str) -> dict[str, float]:
-    """Relative difference, per official-layout tensor, between dcjax's and PyTorch's parameter
-    updates after two SGD steps (momentum, weight decay, the head's own optimizer) from the same
-    weights on the same batch, dropout off."""
+def torch_sgd_updates(net: nn.Module, images: np.ndarray, labels: np.ndarray, optim,
+                      dtype: torch.dtype) -> dict[str, np.ndarray]:
+    """The parameter updates of two SGD steps of a copy of `net` in `dtype` (momentum, weight
+    decay, the head's own optimizer), per official-layout tensor, as float64."""
     from dcjax.data.pipeline import IMAGENET_MEAN, IMAGENET_STD
+
+    net = copy.deepcopy(net).to(dtype)
+    before = {key: v.detach().clone() for key, v in net.state_dict().items()}
+    body = [p for name, p in net.named_parameters()
+            if not name.startswith(("top_layer", "sobel"))]
+    body_opt = torch.optim.SGD(body, lr=optim.lr, momentum=optim.momentum,
+                               weight_decay=optim.weight_decay)
+    head_opt = torch.optim.SGD(net.top_layer.parameters(), lr=optim.head_lr,
+                               weight_decay=optim.head_weight_decay)
+    x = ((images.astype(np.float64) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2)
+    x = torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
+    y = torch.from_numpy(labels)
+    for _ in range(2):
+        body_opt.zero_grad()
+        head_opt.zero_grad()
+        loss = nn.functional.cross_entropy(net(x)["logits"], y)
+        loss.backward()
+        body_opt.step()
+        head_opt.step()
+    return {key: (value.detach() - before[key]).double().numpy()
+            for key, value in net.named_parameters() if not key.startswith("sobel")}
+
+
+def two_sgd_steps_update_error(bn_variance: str) -> tuple[dict[str, float], dict[str, float]]:
+    """Relative difference, per official-layout tensor, from the float64 PyTorch oracle's
+    parameter updates after two SGD steps (momentum, weight decay, the head's own optimizer) from
+    the same weights on the same batch, dropout off: (dcjax float32's, PyTorch float32's)."""
     from dcjax.step import make_train_step
 
     # fc 1024 (the official 4096 otherwise): with 8 x 4096 fc units, float32 rounding flips about
@@ -250,7 +278,6 @@ def two_sgd_steps_update_error(bn_variance: str) -> dict[str, float]:
     config = make_config("imagenet_alexnet", None, **{"clustering.k": k, "model.dropout": 0.0,
                                                        "model.bn_variance": bn_variance,
                                                        "model.fc_dim": fc})
-    o = config.optim
     net = randomised("alexnet", k=k, seed=4, fc=fc).train()
     for m in net.modules():
         if isinstance(m, nn.Dropout):
@@ -268,46 +295,29 @@ def two_sgd_steps_update_error(bn_variance: str) -> dict[str, float]:
         state, _ = step(state, images, labels, jax.random.key(1))
     after = interop.to_torch_state(jax.device_get(state.params), jax.device_get(state.batch_stats),
                                    "alexnet")
-
-    before = {key: v.detach().clone() for key, v in net.state_dict().items()}
-    body = [p for name, p in net.named_parameters()
-            if not name.startswith(("top_layer", "sobel"))]
-    body_opt = torch.optim.SGD(body, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    head_opt = torch.optim.SGD(net.top_layer.parameters(), lr=o.head_lr,
-                               weight_decay=o.head_weight_decay)
-    x = ((images.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2)
-    x, y = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(labels)
-    for _ in range(2):
-        body_opt.zero_grad()
-        head_opt.zero_grad()
-        loss = nn.functional.cross_entropy(net(x)["logits"], y)
-        loss.backward()
-        body_opt.step()
-        head_opt.step()
-    errors = {}
-    for key, value in net.named_parameters():
-        if key.startswith("sobel"):
-            continue
-        want = (value.detach() - before[key]).numpy()
-        got = after[key] - before[key].numpy()
-        errors[key] = relative(got, want)
-    return errors
+    before = {key: v.detach().double().numpy() for key, v in net.state_dict().items()}
+    exact = torch_sgd_updates(net, images, labels, config.optim, torch.float64)
+    single = torch_sgd_updates(net, images, labels, config.optim, torch.float32)
+    ours = {key: relative(np.asarray(after[key], np.float64) - before[key], want)
+            for key, want in exact.items()}
+    theirs = {key: relative(single[key], want) for key, want in exact.items()}
+    return ours, theirs
 
 
 def test_two_sgd_steps_match_pytorch():
-    # Measured (this test's batch of 2, fc 1024): weight and BatchNorm updates within 2.7e-5
-    # relative (fc layers ~2e-6, conv1 2.7e-5, BatchNorm scales up to 2.6e-5) with either
-    # variance formula; the issue's target of 1e-5 is not met at conv1 and the BatchNorm scales.
-    # Conv biases feed BatchNorm, so their gradient is zero in exact arithmetic and their
-    # updates are weight decay plus rounding noise (3-7% apart): they are left out.
+    # Against a float64 PyTorch oracle, tensor by tensor: dcjax's float32 updates are within 5e-5
+    # of it or at most twice as far from it as PyTorch's own float32 updates. (A float32 oracle
+    # failed on CPUs without AVX-512, where PyTorch float32 itself is 1.9e-2 from float64 at
+    # features.5.bias.) Conv biases feed BatchNorm, so their gradient is zero in exact arithmetic
+    # and their updates are weight decay plus rounding noise: they are left out.
     for variance in ("two_pass", "fast"):
-        errors = two_sgd_steps_update_error(variance)
-        assert len(errors) == 5 * 4 + 3 * 2  # conv and BN weights and biases, fc6, fc7, top_layer
-        ratios = {k: v for k, v in errors.items() if not (k.startswith("features.") and
-                                                          k.endswith(".bias") and
-                                                          int(k.split(".")[1]) in CONV_INDEX)}
-        worst = max(ratios, key=ratios.get)
-        assert ratios[worst] < 5e-5, (variance, worst, ratios[worst])
+        ours, theirs = two_sgd_steps_update_error(variance)
+        assert len(ours) == 5 * 4 + 3 * 2  # conv and BN weights and biases, fc6, fc7, top_layer
+        keys = [k for k in ours if not (k.startswith("features.") and k.endswith(".bias") and
+                                        int(k.split(".")[1]) in CONV_INDEX)]
+        print(variance, {k: (f"{ours[k]:.1e}", f"{theirs[k]:.1e}") for k in keys})
+        bad = {k: (ours[k], theirs[k]) for k in keys if ours[k] > max(5e-5, 2 * theirs[k])}
+        assert not bad, (variance, bad)
 
 
 CONV_INDEX = set(interop.feature_indices("alexnet"))
