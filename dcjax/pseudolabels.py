@@ -104,7 +104,7 @@ def cluster_network(config: ml_collections.ConfigDict, feature_fn: Callable, var
                         iterations=c.clustering.iterations, seed=seed,
                         chunk_size=c.clustering.chunk_size, mesh=mesh, valid=f.valid,
                         verbose=verbose, precision=c.clustering.precision,
-                        on_iteration=on_iteration)
+                        on_iteration=on_iteration, row_ids=f.image)
     t3 = time.time()
     n = len(source)
     out = Clustering(

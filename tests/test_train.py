@@ -254,3 +254,39 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     assert f"checkpoint {steps[-1]} is unreadable" in second.stdout
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [0, 1]
+
+
+def test_pseudo_labels_do_not_depend_on_the_device_layout():
+    """The same config on 1 device, on 4, and on 4 with another batch size: the extraction buffer
+    holds the images at other rows (device-major, padded), yet k-means starts from the same images
+    (drawn by dataset index) and the first epoch's pseudo-labels are the same."""
+    from dcjax.clustering.kmeans import init_centroids
+    from dcjax.data.datasets import open_split
+    from dcjax.models import from_config
+    from dcjax.pseudolabels import cluster_network
+    from dcjax.step import make_feature_fn
+
+    c = make_config(**{"clustering.backend": "jax", "data.view_cache": "off"})
+    source, _ = open_split(c.data.name, c.data.train_split)
+    model = from_config(c, c.clustering.k)
+    state = create_train_state(model, c, jax.random.key(c.seed))
+    feature_fn = jax.jit(make_feature_fn(model))
+    got = {}
+    for devices, batch in ((1, 64), (4, 64), (4, 48)):
+        c.batch_size = batch
+        mesh = Mesh(np.asarray(jax.devices()[:devices]), ("data",))
+        result = cluster_network(c, feature_fn, (state.params, state.batch_stats), source, mesh,
+                                 seed=5, keep_features=True)
+        f = result.features
+        first = np.asarray(init_centroids(result.reduced, c.clustering.k, 5, f.valid, f.image))
+        # The k images those initial centroids are (their rows' dataset indices).
+        rows = [int(np.flatnonzero(np.all(np.asarray(result.reduced)[f.valid] == v, axis=1))[0])
+                for v in first]
+        got[devices, batch] = (f.image[f.valid][rows], result.assignment, first, f.image)
+    base = got[1, 64]
+    for key in ((4, 64), (4, 48)):  # the images sit at other rows of the buffer
+        assert not np.array_equal(got[key][3], base[3]), key
+    for key, value in got.items():
+        np.testing.assert_array_equal(value[0], base[0])  # the same images, in the same order
+        np.testing.assert_allclose(value[2], base[2], rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(value[1], base[1])  # the same pseudo-labels

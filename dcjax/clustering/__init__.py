@@ -30,9 +30,11 @@ BACKENDS = ("jax", "faiss", "auto")
 def run_kmeans(features, k: int, *, backend: str = "jax", iterations: int = 20, seed: int = 0,
                chunk_size: int = 8192, mesh: Mesh | None = None, valid: np.ndarray | None = None,
                verbose: bool = False, precision: str = "highest",
-               on_iteration: Callable[[int, int], None] | None = None) -> KMeansResult:
+               on_iteration: Callable[[int, int], None] | None = None,
+               row_ids: np.ndarray | None = None) -> KMeansResult:
     """k-means with the chosen backend, from the same k initial rows (`init_centroids(features, k,
-    seed, valid)`) whichever runs. 'auto' picks one by `choose_backend` and logs the choice and
+    seed, valid, row_ids)`: with `row_ids`, each row's dataset index, the same images on any device
+    layout) whichever runs. 'auto' picks one by `choose_backend` and logs the choice and
     why; if the JAX k-means it picked cannot run (a device runtime error such as running out of
     memory) it falls back to faiss and logs why. `valid` [N] bool restricts clustering to those
     rows (the others get assignment -1). `precision`: the JAX backend's distance computation
@@ -47,20 +49,21 @@ def run_kmeans(features, k: int, *, backend: str = "jax", iterations: int = 20, 
         chosen, reason = choose_backend(*features.shape, mesh=mesh, across_processes=across)
         _log_once(f"k-means backend 'auto': {chosen} ({reason})")
     if chosen == "faiss":  # faiss' per-iteration lines only when asked for by name
-        result = _faiss(features, k, iterations, seed, valid, verbose and backend == "faiss")
+        result = _faiss(features, k, iterations, seed, valid, verbose and backend == "faiss",
+                        row_ids)
         if on_iteration is not None:
             on_iteration(iterations, iterations)
         return result
     try:
         result = kmeans(features, k, iterations=iterations, seed=seed, chunk_size=chunk_size,
                         mesh=mesh, valid=valid, verbose=verbose, precision=precision,
-                        on_iteration=on_iteration)
+                        on_iteration=on_iteration, row_ids=row_ids)
     except (jax.errors.JaxRuntimeError, MemoryError) as e:
         if backend == "jax" or not faiss_available():
             raise
         logging.warning("JAX k-means could not run (%s: %s); falling back to faiss",
                         type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-        return _faiss(features, k, iterations, seed, valid, verbose)
+        return _faiss(features, k, iterations, seed, valid, verbose, row_ids)
     if precision == "exact_fast":
         logging.info("k-means exact_fast: %.2f%% of row assignments re-scored in float32",
                      100.0 * result.rescored_share)
@@ -98,8 +101,8 @@ def _log_once(message: str) -> None:
         logging.info(message)
 
 
-def _faiss(features, k, iterations, seed, valid, verbose) -> KMeansResult:
-    init = init_centroids(features, k, seed, valid)  # the JAX backend's starting rows
+def _faiss(features, k, iterations, seed, valid, verbose, row_ids=None) -> KMeansResult:
+    init = init_centroids(features, k, seed, valid, row_ids)  # the JAX backend's starting rows
     x = features if isinstance(features, np.ndarray) else to_host(features)
     if valid is None:
         return kmeans_faiss(x, k, iterations=iterations, seed=seed, initial_centroids=init,

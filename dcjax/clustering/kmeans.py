@@ -274,10 +274,23 @@ def check_k(k: int, n: int) -> None:
         raise ValueError(f"k={k} is larger than the number of points N={n}")
 
 
-def init_centroids(features, k: int, seed: int, valid: np.ndarray | None = None) -> jax.Array:
-    """k distinct random rows of `features` (seeded; among the `valid` rows if given): [k, D]."""
-    candidates = np.arange(features.shape[0]) if valid is None else np.flatnonzero(valid)
-    idx = np.sort(np.random.default_rng(seed).choice(candidates, size=k, replace=False))
+def init_centroids(features, k: int, seed: int, valid: np.ndarray | None = None,
+                   row_ids: np.ndarray | None = None) -> jax.Array:
+    """k distinct random rows of `features` (seeded; among the `valid` rows if given): [k, D].
+
+    With `row_ids` [N] (each row's dataset index, -1 on padding: `Features.image`), the draw is of
+    dataset indices, and the rows come in their order: the same images, in the same order, wherever
+    the devices, the batch size or the padding put them in the buffer."""
+    rng = np.random.default_rng(seed)
+    if row_ids is None:
+        candidates = np.arange(features.shape[0]) if valid is None else np.flatnonzero(valid)
+        idx = np.sort(rng.choice(candidates, size=k, replace=False))
+    else:
+        ids = np.asarray(row_ids)
+        keep = ids >= 0 if valid is None else np.asarray(valid, bool) & (ids >= 0)
+        positions = np.flatnonzero(keep)
+        positions = positions[np.argsort(ids[positions], kind="stable")]  # by dataset index
+        idx = positions[np.sort(rng.choice(len(positions), size=k, replace=False))]
     if isinstance(features, np.ndarray):
         return features[idx].astype(np.float32)
     # A host copy of k rows: valid input to the jitted iterations on any number of processes.
@@ -293,14 +306,16 @@ def _take_rows(features, idx):
 def kmeans(features, k: int, *, iterations: int = 20, seed: int = 0, chunk_size: int = 8192,
            initial_centroids=None, mesh: Mesh | None = None, valid: np.ndarray | None = None,
            verbose: bool = False, precision: str = "highest",
-           on_iteration: Callable[[int, int], None] | None = None) -> KMeansResult:
+           on_iteration: Callable[[int, int], None] | None = None,
+           row_ids: np.ndarray | None = None) -> KMeansResult:
     """Clusters `features` [N, D] (numpy, or a jax.Array sharded by rows) into k clusters.
 
     Returns the centroids [k, D], the assignment [N] int32 (every cluster non-empty when N >= k),
     the objective of each iteration and the number of empty-cluster splits in each. With `valid`
     [N] bool only those rows are clustered; the others get assignment -1. `precision` names the
     distance matmul's algorithm (`PRECISIONS`). `on_iteration(done, total)` runs after each
-    iteration has finished (it may raise to stop).
+    iteration has finished (it may raise to stop). `row_ids` [N]: each row's dataset index, so the
+    initial centroids are the same images on any device layout (`init_centroids`).
     """
     rows, d = check_features(features, "features")
     check_precision(precision, mesh)
@@ -309,7 +324,7 @@ def kmeans(features, k: int, *, iterations: int = 20, seed: int = 0, chunk_size:
     if not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations={iterations!r} must be a positive integer")
     if initial_centroids is None:
-        centroids = init_centroids(features, k, seed, valid)
+        centroids = init_centroids(features, k, seed, valid, row_ids)
     else:
         if tuple(initial_centroids.shape) != (k, d):
             raise ValueError(f"initial centroids have shape {tuple(initial_centroids.shape)}, "

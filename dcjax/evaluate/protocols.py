@@ -87,15 +87,17 @@ def knn_protocol(config: ml_collections.ConfigDict, net: Network | None, splits:
 def cluster_quality(features, labels: np.ndarray, k: int, *, pca_dim: int | None, iterations: int,
                     seed: int, chunk_size: int = 8192, mesh: Mesh | None = None,
                     valid: np.ndarray | None = None,
-                    on_iteration: Callable[[int, int], None] | None = None) -> dict:
+                    on_iteration: Callable[[int, int], None] | None = None,
+                    row_ids: np.ndarray | None = None) -> dict:
     """k-means (JAX) on `features` (PCA-whitened to `pca_dim` first unless None): NMI, ARI and
-    Hungarian accuracy against `labels` (one per row; rows outside `valid` ignored)."""
+    Hungarian accuracy against `labels` (one per row; rows outside `valid` ignored). `row_ids`:
+    each row's dataset index (the initial centroids then do not depend on the device layout)."""
     x = features
     if pca_dim is not None:
         x, _ = pca_whiten(features, min(pca_dim, features.shape[1]), chunk_size=chunk_size,
                           mesh=mesh, valid=valid)
     result = run_kmeans(x, k, iterations=iterations, seed=seed, chunk_size=chunk_size, mesh=mesh,
-                        valid=valid, on_iteration=on_iteration)
+                        valid=valid, on_iteration=on_iteration, row_ids=row_ids)
     keep = slice(None) if valid is None else np.asarray(valid)
     assignment, truth = result.assignment[keep], np.asarray(labels)[keep]
     return {"nmi": metrics.nmi(truth, assignment), "ari": metrics.ari(truth, assignment),
@@ -120,7 +122,8 @@ def clustering_protocol(config: ml_collections.ConfigDict, net: Network | None, 
         test = fc7_features(config, feature_fn, net.variables, splits.test, mesh, "features",
                             on_batch=on_batch, cached=splits.caches.get("test"))
         scores = cluster_quality(test.rows, test.row_labels, C, pca_dim=cl.pca_dim,
-                                 valid=test.valid, on_iteration=on_batch, **common)
+                                 valid=test.valid, on_iteration=on_batch, row_ids=test.image,
+                                 **common)
         name = "fc7"
     return {"features": name, "k": C, "pca_dim": min(cl.pca_dim, config.model.fc_dim), **scores,
             "test_images": len(splits.test), "seconds": time.time() - t0}
@@ -133,12 +136,14 @@ COMPARISON_RESTARTS = 10  # k-means initialisations averaged in `final_compariso
 
 def mean_nmi(features, labels: np.ndarray, k: int, *, restarts: int, iterations: int, seed: int,
              chunk_size: int, mesh: Mesh | None = None, valid: np.ndarray | None = None,
-             on_iteration: Callable[[int, int], None] | None = None) -> dict:
+             on_iteration: Callable[[int, int], None] | None = None,
+             row_ids: np.ndarray | None = None) -> dict:
     """NMI with `labels` of k-means on `features` as they are, averaged over `restarts`
     initialisations (seeds seed, seed + 1, ...): {'nmi': mean, 'nmi_std', 'nmi_runs'}."""
     runs = [cluster_quality(features, labels, k, pca_dim=None, iterations=iterations, seed=seed + i,
                             chunk_size=chunk_size, mesh=mesh, valid=valid,
-                            on_iteration=on_iteration)["nmi"] for i in range(restarts)]
+                            on_iteration=on_iteration, row_ids=row_ids)["nmi"]
+            for i in range(restarts)]
     return {"nmi": float(np.mean(runs)), "nmi_std": float(np.std(runs)), "nmi_runs": runs}
 
 
@@ -176,7 +181,7 @@ def final_comparison(config: ml_collections.ConfigDict, networks: dict[str, Netw
         if f.labels.min() < 0:
             return None
         scored = dict(labels=f.row_labels, k=num_classes, mesh=mesh, valid=f.valid,
-                      on_iteration=on_batch, **common)
+                      on_iteration=on_batch, row_ids=f.image, **common)
         out[name] = mean_nmi(l2_normalize(f.rows), **scored)
         out[name]["after_relu"] = mean_nmi(l2_normalize(jax.nn.relu(f.rows)), **scored)
     if pixels:
