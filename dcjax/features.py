@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -82,11 +83,40 @@ def all_processes(local: np.ndarray) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(local, tiled=True))
 
 
-def progress(iterable, **kwargs):
+LOG_PROGRESS_SECONDS = 60.0  # where stderr is no terminal: a progress line this often
+
+
+class _Lines:
+    """A file for tqdm that turns each refresh ('\\r' + status) into a line of its own: progress
+    in a log file or a batch job's output, where a terminal's redrawn line would be one long line."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "").strip()
+        if text:
+            self.stream.write(text + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress(iterable, *, images_per_step: int | None = None, **kwargs):
+    """tqdm over `iterable` on process 0: a live line on a terminal (stderr); elsewhere a plain line
+    on stdout every LOG_PROGRESS_SECONDS, none for a phase shorter than that. With
+    `images_per_step`, rates and counts are in images."""
     from tqdm import tqdm
 
-    return tqdm(iterable, disable=None if jax.process_index() == 0 else True, leave=False,
-                **kwargs)
+    if images_per_step:
+        kwargs.update(unit="img", unit_scale=images_per_step)
+    if jax.process_index() != 0:
+        return tqdm(iterable, disable=True, **kwargs)
+    if sys.stderr.isatty():
+        return tqdm(iterable, leave=False, dynamic_ncols=True, **kwargs)
+    return tqdm(iterable, leave=False, file=_Lines(sys.stdout), mininterval=LOG_PROGRESS_SECONDS,
+                delay=LOG_PROGRESS_SECONDS, bar_format="{desc}: {percentage:3.0f}% {n_fmt}/"
+                "{total_fmt} [{elapsed} elapsed, {remaining} left, {rate_fmt}]", **kwargs)
 
 
 @functools.lru_cache(maxsize=16)
@@ -115,7 +145,8 @@ def extract(feature_fn: Callable, variables: tuple, source: Any, view: pipeline.
     key = cache.key(view, batch, nb, per_host, mesh) if cache is not None else None
     built = cache.lookup(key) if cache is not None else None
     if built is not None:
-        for b in progress(range(nb), total=nb, desc=f"{desc} (cached view)"):
+        for b in progress(range(nb), total=nb, desc=f"{desc} (cached view)",
+                              images_per_step=batch):
             images = built.images[b]
             if not isinstance(images, jax.Array):
                 images = jax.make_array_from_process_local_data(rows_sharding, np.asarray(images))
@@ -129,7 +160,8 @@ def extract(feature_fn: Callable, variables: tuple, source: Any, view: pipeline.
             cache.begin(key, (per_host, view.image_size, view.image_size, 3), mesh)
         try:
             batches = pipeline.ordered_batches(source, view, batch, **loader_options)
-            for b, host_batch in enumerate(progress(batches, total=nb, desc=desc)):
+            for b, host_batch in enumerate(progress(batches, total=nb, desc=desc,
+                                                              images_per_step=batch)):
                 images = jax.make_array_from_process_local_data(rows_sharding, host_batch["image"])
                 buffer = write_rows(buffer, feature_fn(*variables, images), b)
                 labels_local.append(host_batch["label"])

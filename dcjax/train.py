@@ -288,7 +288,9 @@ def train_epoch(run: Run, state: TrainState, loop: LoopState, writer: MetricWrit
     time_before, t0 = p.get("time_train", 0.0), time.time()
     global_step = int(state.step)
     for s, batch in enumerate(progress(batches, total=steps - loop.step_in_epoch,
-                                       desc=f"epoch {epoch}"), start=loop.step_in_epoch):
+                                       desc=f"training epoch {epoch} ({epoch + 1} of "
+                                            f"{c.num_epochs})", images_per_step=c.batch_size),
+                              start=loop.step_in_epoch):
         faults.point("train_batch")
         images = batch["image"]  # numpy rows of this process, or (DALI on GPUs) a global array
         if not isinstance(images, jax.Array):
@@ -561,7 +563,7 @@ def _train(run: Run, changes: list[tuple]) -> dict:
                     plot_filters(jax.device_get(state.params["conv1"]["kernel"]),
                                  run.workdir / "plots" / "conv1_filters.png",
                                  f"conv1 filters after epoch {epoch}")
-                print(format_record(record))
+                print(format_record(record) + time_left(loop.history, c.num_epochs))
             if run.stop.agreed(1, 1):  # a signal during the epoch's last batch or its evaluation
                 raise Interrupted(run.stop.signum, f"the end of epoch {epoch}")
         final = finish(run, state, loop.history, loop.assignment)
@@ -689,6 +691,19 @@ def epoch_record(partial: dict, batch_size: int) -> dict:
     record["time_train"] = partial.get("time_train", 0.0)
     record["train_images_per_sec"] = steps * batch_size / max(record["time_train"], 1e-9)
     return record
+
+
+def time_left(history: list[dict], num_epochs: int) -> str:
+    """' | N epochs left, about H:MM:SS' from the median time of the last (up to 5) epochs, the
+    first epoch (compilation) left out when others exist; '' after the last epoch."""
+    left = num_epochs - len(history)
+    if left <= 0 or not history:
+        return ""
+    recent = [sum(v for k, v in r.items() if k.startswith("time_") and isinstance(v, float))
+              for r in (history[1:] if len(history) > 1 else history)[-5:]]
+    seconds = int(round(sorted(recent)[len(recent) // 2] * left))
+    return (f" | {left} epoch{'s' if left > 1 else ''} left, about "
+            f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}")
 
 
 def format_record(r: dict) -> str:

@@ -290,3 +290,27 @@ def test_pseudo_labels_do_not_depend_on_the_device_layout():
         np.testing.assert_array_equal(value[0], base[0])  # the same images, in the same order
         np.testing.assert_allclose(value[2], base[2], rtol=1e-4, atol=1e-4)
         np.testing.assert_array_equal(value[1], base[1])  # the same pseudo-labels
+
+
+def test_progress_is_plain_lines_in_a_log_and_the_epoch_line_says_the_time_left(capsys,
+                                                                                monkeypatch):
+    import time as time_module
+
+    from dcjax import features
+    from dcjax.train import time_left
+
+    monkeypatch.setattr(features, "LOG_PROGRESS_SECONDS", 0.01)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    for _ in features.progress(range(5), total=5, desc="training epoch 2 (3 of 9)",
+                               images_per_step=128):
+        time_module.sleep(0.03)
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert len(lines) >= 2 and "\r" not in out
+    assert all(line.startswith("training epoch 2 (3 of 9):") for line in lines)
+    assert "img/s" in out and "/640" in out  # images, not batches: 5 batches of 128
+    records = [{"time_extract": 30.0, "time_train": 60.0}] + [
+        {"time_extract": 1.0, "time_train": t} for t in (9.0, 10.0, 50.0)]
+    assert time_left(records, 10) == " | 6 epochs left, about 0:01:06"  # median 11 s, epoch 0 out
+    assert time_left(records[:1], 3) == " | 2 epochs left, about 0:03:00"
+    assert time_left(records, 4) == ""
