@@ -31,6 +31,21 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
+class _NoItemMetadataWarning(logging.Filter):
+    """Drops Orbax's 'Metadata file does not exist: .../<step>/<item>/_CHECKPOINT_METADATA'
+    warning: Orbax writes that file per checkpoint (<step>/_CHECKPOINT_METADATA), not per item,
+    and looks for it in each item's folder on every restore, so every resume printed a line that
+    read like a damaged checkpoint. Only that message is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Metadata file does not exist")
+                    and message.rstrip().endswith("_CHECKPOINT_METADATA"))
+
+
+logging.getLogger("absl").addFilter(_NoItemMetadataWarning())
+
+
 class CheckpointError(ValueError):
     """No checkpoint of a workdir can be read; they are all left as they are."""
 

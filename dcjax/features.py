@@ -157,7 +157,8 @@ def extract(feature_fn: Callable, variables: tuple, source: Any, view: pipeline.
                 on_batch(b + 1, nb)
     else:
         if cache is not None:
-            cache.begin(key, (per_host, view.image_size, view.image_size, 3), mesh)
+            cache.begin(key, (per_host, view.image_size, view.image_size, 3), mesh,
+                        total_images=n)
         try:
             batches = pipeline.ordered_batches(source, view, batch, **loader_options)
             for b, host_batch in enumerate(progress(batches, total=nb, desc=desc,

@@ -146,16 +146,21 @@ class ViewCache:
 
     # ------------------------------------------------------------------ building
 
-    def begin(self, key: dict, image_shape: tuple[int, ...], mesh) -> None:
-        """Starts a build for `key` (batches of `image_shape` [b, S, S, 3] uint8 on this process)."""
+    def begin(self, key: dict, image_shape: tuple[int, ...], mesh,
+              total_images: int | None = None) -> None:
+        """Starts a build for `key` (batches of `image_shape` [b, S, S, 3] uint8 on this process;
+        `total_images`: the split's images over all processes, for the log line)."""
         self._building = None
         if self.mode == "off":
             return
         nb, per_host = key["num_batches"], key["per_host"]
         nbytes = nb * int(np.prod(image_shape))
         mode, why = self._place(nbytes, mesh)
-        self.log.append(f"view cache: {mode} ({why}), {_mib(nbytes)} for {nb * per_host:,} "
-                        f"images on this process")
+        rows = f"{nb:,} batch{'es' if nb > 1 else ''} of {per_host:,} images on this process"
+        padded = total_images is not None and nb * key["batch"] > total_images
+        if total_images is not None:
+            rows += f" ({total_images:,} images{', the last batch padded' if padded else ''})"
+        self.log.append(f"view cache: {mode} ({why}), {_mib(nbytes)} for {rows}")
         if mode == "off":
             return
         if self._built is not None:  # another key: free it first
