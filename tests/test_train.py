@@ -286,7 +286,7 @@ def test_pseudo_labels_do_not_depend_on_the_device_layout():
     base = got[1, 64]
     for key in ((4, 64), (4, 48)):  # the images sit at other rows of the buffer
         assert not np.array_equal(got[key][3], base[3]), key
-    for key, value in got.items():
+    for value in got.values():
         np.testing.assert_array_equal(value[0], base[0])  # the same images, in the same order
         np.testing.assert_allclose(value[2], base[2], rtol=1e-4, atol=1e-4)
         np.testing.assert_array_equal(value[1], base[1])  # the same pseudo-labels
