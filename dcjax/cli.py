@@ -9,6 +9,7 @@ line.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import sys
 import traceback
@@ -27,6 +28,22 @@ def fail(message: str, code: int = EXIT_USAGE) -> None:
     sys.exit(code)
 
 
+def use_compilation_cache() -> None:
+    """JAX's persistent compilation cache in `<dcjax cache>/jax` ($DCJAX_CACHE_DIR, else
+    $XDG_CACHE_HOME/dcjax, else ~/.cache/dcjax): a command's second call loads the programs the
+    first one compiled instead of compiling them again. $DCJAX_COMPILATION_CACHE=0 turns it off.
+    Call before anything is compiled."""
+    if os.environ.get("DCJAX_COMPILATION_CACHE", "1") == "0":
+        return
+    import jax
+
+    from dcjax.data.jpeg_region import cache_dir
+
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def run_command(argv: list[str], body) -> None:
     """The frame of a per-run command's `main`: no positional arguments, absl logging at WARNING
     unless --verbosity is given, and a bad value (ConfigError, DataError: both ValueErrors) as one
@@ -37,6 +54,7 @@ def run_command(argv: list[str], body) -> None:
         fail(f"unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+    use_compilation_cache()
     try:
         body()
     except ValueError as e:

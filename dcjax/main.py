@@ -32,6 +32,7 @@ def main(argv: list[str]) -> None:
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # library INFO chatter hides the run's own output
     workdir = cli.require_workdir(FLAGS.workdir)
+    cli.use_compilation_cache()
     try:
         distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     except ValueError as e:

@@ -314,3 +314,22 @@ def test_progress_is_plain_lines_in_a_log_and_the_epoch_line_says_the_time_left(
     assert time_left(records, 10) == " | 6 epochs left, about 0:01:06"  # median 11 s, epoch 0 out
     assert time_left(records[:1], 3) == " | 2 epochs left, about 0:03:00"
     assert time_left(records, 4) == ""
+
+
+@pytest.mark.slow
+def test_commands_keep_compiled_programs_for_the_next_call(tmp_path):
+    """JAX's persistent compilation cache lives in the dcjax cache folder; a second run loads
+    from it and trains to the same records."""
+    cache = tmp_path / "cache"
+    env = {"DCJAX_CACHE_DIR": str(cache)}
+    first = run_cli(tmp_path / "a", "--config.num_epochs=1", env_extra=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    entries = sorted(p.name for p in (cache / "jax").iterdir())
+    assert entries  # compiled programs were written
+    second = run_cli(tmp_path / "b", "--config.num_epochs=1", env_extra=env)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert without_times(read_metrics(tmp_path / "a")) == without_times(read_metrics(tmp_path / "b"))
+    off = run_cli(tmp_path / "c", "--config.num_epochs=1",
+                  env_extra={"DCJAX_CACHE_DIR": str(tmp_path / "other"),
+                             "DCJAX_COMPILATION_CACHE": "0"})
+    assert off.returncode == 0 and not (tmp_path / "other" / "jax").exists()

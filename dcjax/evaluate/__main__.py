@@ -46,6 +46,8 @@ def main(argv: list[str]) -> None:
     from dcjax.data.datasets import DataError
     from dcjax.evaluate.run import evaluate
 
+    cli.use_compilation_cache()
+
     try:
         distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         apply_eval_protocol(FLAGS.config, FLAGS["config"].override_values)
