@@ -422,6 +422,21 @@ def validate_against_data(config: ml_collections.ConfigDict, split_sizes: dict[s
              f"{d.train_split!r}: PCA gives at most one component per image")
 
 
+MIN_IMAGES_PER_CLUSTER = 10
+
+
+def few_images_per_cluster(config: ml_collections.ConfigDict, n: int) -> str | None:
+    """A one-line warning when k leaves fewer than MIN_IMAGES_PER_CLUSTER images per cluster on
+    average (n images in the train split), else None."""
+    k = config.clustering.k
+    if k * MIN_IMAGES_PER_CLUSTER <= n:
+        return None
+    return (f"warning: config.clustering.k={k} leaves {n / k:.1f} images per cluster on average "
+            f"({n:,} images): clusters that small are mostly noise to train on (the paper: 128 "
+            f"per cluster, ImageNet at k = 10,000); k <= {max(2, n // MIN_IMAGES_PER_CLUSTER):,} "
+            f"keeps {MIN_IMAGES_PER_CLUSTER} or more")
+
+
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """`get_config(arg)` of a config file, as `--config=path:arg` would load it."""
     import importlib.util

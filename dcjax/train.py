@@ -33,6 +33,7 @@ from dcjax.checkpoint import Checkpointer, abstract_like
 from dcjax.clustering import choose_backend, sample_epoch
 from dcjax.config_lib import (
     ConfigError,
+    few_images_per_cluster,
     resolve_auto,
     resume_changes,
     validate,
@@ -344,6 +345,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
                               config.data.data_dir or None)
     resolve_auto(config, info.split_sizes)
     validate_against_data(config, info.split_sizes)
+    warning = few_images_per_cluster(config, info.split_sizes[config.data.train_split])
+    if warning and jax.process_index() == 0:
+        print(warning)
     if jax.process_index() == 0 and info.num_classes < 2:
         print(f"dataset {config.data.name!r} has no labels: the label metrics (nmi_labels, ...) are "
               f"null; nmi_prev measures how stable the clusters are")

@@ -145,3 +145,14 @@ def test_k_zero_is_resolved_from_the_data_and_no_eval_split_is_needed():
     c.data.train_split = "unlabeled"
     with pytest.raises(ConfigError, match="train_split='unlabeled' is not a split"):
         validate_against_data(c, {"train": 1438})
+
+
+def test_a_k_that_leaves_few_images_per_cluster_is_warned_about():
+    from dcjax.config_lib import few_images_per_cluster
+
+    c = make_config(**{"clustering.k": 500})
+    line = few_images_per_cluster(c, 1438)
+    assert line.startswith("warning: config.clustering.k=500 leaves 2.9 images per cluster")
+    assert "k <= 143 keeps 10 or more" in line
+    c.clustering.k = 143
+    assert few_images_per_cluster(c, 1438) is None
