@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, make_config
 
 from dcjax.config_lib import ConfigError, load_config_file, validate, validate_against_data
 
