@@ -15,8 +15,10 @@ Defaults, for a few thousand to a few million photos:
     ratio), narrowed for a CPU (about 270 training images a second on 2 cores); crops of 20-100% of
     the image, horizontal flips;
   * 30 epochs, batch 128, the reference optimiser (SGD lr 0.05, momentum 0.9);
-  * a 'validation' split (`prepare --holdout=0.1`) is used by `python -m dcjax.evaluate` when the
-    images are labelled; training needs neither labels nor a held-out split.
+  * a 'validation' split (`prepare --holdout=0.1`), else a 'val' or 'test' split the folder had,
+    is the held-out split of `python -m dcjax.evaluate` and of the end-of-run comparison when the
+    images are labelled (the run prints which one it uses); training needs neither labels nor a
+    held-out split.
 
 Measured on the 2-core development CPU (docs/own_images.md): the 9,469 Imagenette training images
 as a folder of photos (`prepare --layout=class`, so that NMI against the 10 classes can be

@@ -394,12 +394,26 @@ def auto_k(num_images: int) -> int:
     return max(2, min(max(10, num_images // 100), 10_000, num_images // 2))
 
 
-def resolve_auto(config: ml_collections.ConfigDict, split_sizes: dict[str, int]) -> None:
-    """Fills the fields whose value comes from the data (`clustering.k = 0` -> auto_k), in place,
-    so that the run's saved config holds the value used."""
-    if config.clustering.k == 0 and config.data.train_split in split_sizes:
+# The held-out split names `dcjax.data.prepare` writes (--holdout, or a source's own split).
+EVAL_SPLIT_NAMES = ("validation", "val", "test")
+
+
+def resolve_auto(config: ml_collections.ConfigDict, split_sizes: dict[str, int]) -> list[str]:
+    """Fills the fields whose value comes from the data, in place, so that the run's saved config
+    holds the value used: `clustering.k = 0` -> auto_k; a `data.eval_split` the dataset lacks ->
+    the dataset's held-out split under another of EVAL_SPLIT_NAMES. Returns a line per change."""
+    notes = []
+    d = config.data
+    if config.clustering.k == 0 and d.train_split in split_sizes:
         with config.unlocked():
-            config.clustering.k = auto_k(split_sizes[config.data.train_split])
+            config.clustering.k = auto_k(split_sizes[d.train_split])
+    if d.eval_split and d.eval_split not in split_sizes:
+        other = next((s for s in EVAL_SPLIT_NAMES if s in split_sizes and s != d.train_split), None)
+        if other is not None:
+            notes.append(f"held-out split: {other!r} (config.data.eval_split={d.eval_split!r} is "
+                         f"not a split of {d.name!r}; it has {sorted(split_sizes)})")
+            d.eval_split = other
+    return notes
 
 
 def validate_against_data(config: ml_collections.ConfigDict, split_sizes: dict[str, int]) -> None:

@@ -343,7 +343,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     ensure_embedded(config.data.name, config.data.data_dir or None)
     source, info = open_split(config.data.name, config.data.train_split,
                               config.data.data_dir or None)
-    resolve_auto(config, info.split_sizes)
+    for note in resolve_auto(config, info.split_sizes):
+        if jax.process_index() == 0:
+            print(note)
     validate_against_data(config, info.split_sizes)
     warning = few_images_per_cluster(config, info.split_sizes[config.data.train_split])
     if warning and jax.process_index() == 0:

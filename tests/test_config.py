@@ -156,3 +156,17 @@ def test_a_k_that_leaves_few_images_per_cluster_is_warned_about():
     assert "k <= 143 keeps 10 or more" in line
     c.clustering.k = 143
     assert few_images_per_cluster(c, 1438) is None
+
+
+def test_a_missing_eval_split_falls_to_the_held_out_split_prepare_wrote():
+    from dcjax.config_lib import resolve_auto
+
+    c = make_config(**{"data.eval_split": "validation"})
+    assert resolve_auto(c, {"train": 100, "validation": 20, "test": 30}) == []
+    assert c.data.eval_split == "validation"
+    notes = resolve_auto(c, {"train": 100, "test": 30})
+    assert c.data.eval_split == "test"
+    assert notes == ["held-out split: 'test' (config.data.eval_split='validation' is not a split of "
+                     f"{c.data.name!r}; it has ['test', 'train'])"]
+    c.data.eval_split = "validation"
+    assert resolve_auto(c, {"train": 100}) == [] and c.data.eval_split == "validation"

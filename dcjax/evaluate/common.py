@@ -131,7 +131,9 @@ def open_splits(config: ml_collections.ConfigDict, held_out_required: bool = Tru
                           f"{d.name!r}")
     ensure_embedded(d.name, d.data_dir or None)
     train, info = open_split(d.name, d.train_split, d.data_dir or None)
-    resolve_auto(config, info.split_sizes)
+    for note in resolve_auto(config, info.split_sizes):
+        if jax.process_index() == 0:
+            print(note)
     validate_against_data(config, info.split_sizes)
     if info.num_classes < 2:
         raise ConfigError(f"dataset {d.name!r} has no class labels to evaluate against")
