@@ -133,6 +133,15 @@ def write_export(out: Path, clustering: Clustering, ids: list[str] | None,
     return out
 
 
+def _missing_export(path: Path) -> str:
+    """The message for a missing export file: the folder is no run, or the run has no export."""
+    run = path.parent.parent if path.parent.name == "export" else path.parent
+    if not (run / "config.json").exists():
+        return (f"{run} is not a dcjax run: it has no config.json (a run's directory holds "
+                f"config.json, checkpoints/ and export/)")
+    return f"{path} does not exist: run `python -m dcjax.export --workdir={run}` first"
+
+
 def load_clustering(path: Path) -> dict:
     """clustering.npz as a dict: 'pca' (a PCA of numpy arrays), 'centroids', 'k', 'config' (a
     dict), 'checkpoint_step' (None for a random initialisation), 'epochs_trained', 'dataset'."""
@@ -146,8 +155,7 @@ def load_clustering(path: Path) -> dict:
                "checkpoint_step": int(z["checkpoint_step"]), "epochs_trained": int(z["epochs_trained"]),
                "dataset": str(z["dataset"]), "num_images": int(z["num_images"])}
     except FileNotFoundError as e:
-        raise DataError(f"{path} does not exist: run `python -m dcjax.export --workdir=RUN` "
-                        f"first") from e
+        raise DataError(_missing_export(path)) from e
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"{path} is not a dcjax clustering.npz ({type(e).__name__}: {e})") from e
     if out["checkpoint_step"] < 0:

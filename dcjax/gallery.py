@@ -52,8 +52,9 @@ def read_assignments(path: Path) -> dict:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
     except FileNotFoundError as e:
-        raise DataError(f"{path} does not exist: run `python -m dcjax.export --workdir=RUN` "
-                        f"first") from e
+        from dcjax.export import _missing_export
+
+        raise DataError(_missing_export(path)) from e
     if not rows or not {"id", "cluster", "distance"} <= set(rows[0]):
         raise DataError(f"{path} is not a dcjax assignments.csv (columns id, cluster, distance)")
     return {"ids": [r["id"] for r in rows],

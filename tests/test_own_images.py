@@ -377,8 +377,12 @@ def test_export_predict_gallery_bad_input_is_one_line_exit_2(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(make_config().to_json_best_effort())
-    cases = [("dcjax.export", f"--workdir={tmp_path / 'nothing'}", "config.json does not exist"),
-             ("dcjax.predict", f"--workdir={run}", "clustering.npz does not exist"),
+    nothing = tmp_path / "nothing"
+    cases = [("dcjax.export", f"--workdir={nothing}", f"--workdir={nothing} is not a dcjax run"),
+             ("dcjax.predict", f"--workdir={nothing}", f"{nothing} is not a dcjax run"),
+             ("dcjax.gallery", f"--workdir={nothing}", f"--workdir={nothing} is not a dcjax run"),
+             ("dcjax.predict", f"--workdir={run}", "clustering.npz does not exist: run `python -m "
+                                                   f"dcjax.export --workdir={run}` first"),
              ("dcjax.gallery", f"--workdir={run}", "assignments.csv does not exist")]
     for module, workdir, message in cases:
         extra = [f"--source={tmp_path}", f"--out={tmp_path / 'p.csv'}"] if module == "dcjax.predict" else []

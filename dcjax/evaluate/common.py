@@ -35,8 +35,8 @@ def config_from_run(workdir: str | Path) -> ml_collections.ConfigDict:
     since, such as the eval section, get their default values)."""
     path = Path(workdir) / "config.json"
     if not path.exists():
-        raise ConfigError(f"{path} does not exist: --workdir must be a run's directory, or give "
-                          f"--config")
+        raise ConfigError(f"--workdir={Path(workdir)} is not a dcjax run: it has no config.json "
+                          f"(a run's directory holds config.json, checkpoints/ and export/)")
     try:
         saved = json.loads(path.read_text())
     except json.JSONDecodeError as e:
