@@ -61,11 +61,13 @@ def readable(images: list[tuple[str, Path]]) -> tuple[list[tuple[str, Path]], li
 
     ok, bad = [], []
     for name, path in images:
+        data = None
         try:
-            decode_bytes(path.read_bytes())
+            data = path.read_bytes()
+            decode_bytes(data)
             ok.append((name, path))
         except Exception as e:  # noqa: BLE001 - any decode failure is reported, not raised
-            bad.append((name, decode_error(e)))
+            bad.append((name, decode_error(e, data)))
     return ok, bad
 
 

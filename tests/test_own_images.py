@@ -392,3 +392,15 @@ def test_export_predict_gallery_bad_input_is_one_line_exit_2(tmp_path):
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
         assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["config.json", "run"]
+
+
+def test_an_empty_file_is_skipped_as_empty(tmp_path):
+    root = tmp_path / "photos"
+    write_photos(root, [f"img_{i}.jpg" for i in range(12)])
+    (root / "empty.jpg").write_bytes(b"")
+    report = prepare(str(root), "photos", str(tmp_path / "tfds"))
+    assert report.skipped == [("empty.jpg", "empty file (0 bytes)")]
+    from dcjax.predict import readable
+
+    ok, bad = readable([("empty.jpg", root / "empty.jpg"), ("img_0.jpg", root / "img_0.jpg")])
+    assert bad == [("empty.jpg", "empty file (0 bytes)")] and [n for n, _ in ok] == ["img_0.jpg"]

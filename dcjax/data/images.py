@@ -103,8 +103,10 @@ def _tiff_orientation(t: bytes) -> int:
     return 1
 
 
-def decode_error(e: BaseException) -> str:
-    """'Kind: reason' of a decoding failure, in one line, without object addresses."""
+def decode_error(e: BaseException, data: bytes | None = None) -> str:
+    """'Kind: reason' of a decoding failure of `data`, in one line, without object addresses."""
+    if data is not None and len(data) == 0:
+        return "empty file (0 bytes)"
     text = _ADDRESS.sub("(the file's bytes)", " ".join(str(e).split()))
     if type(e).__name__ == "UnidentifiedImageError":
         return "not an image format Pillow can read (cannot identify image file)"

@@ -552,7 +552,8 @@ def _make_builder(name: str, data_dir: str, class_names: list[str],
             try:
                 image = checked_image_bytes(raw, resize_shorter)
             except Exception as e:  # noqa: BLE001 - any decode failure is reported, not raised
-                report.skipped.append((example_id, decode_error(e)))
+                report.skipped.append((example_id, decode_error(
+                    e, raw if isinstance(raw, bytes) else None)))
                 continue
             report.count(split, label)
             yield example_id, {"image": image, "label": -1 if label is None else label,
