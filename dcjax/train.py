@@ -508,6 +508,15 @@ def _train(run: Run, changes: list[tuple]) -> dict:
                             f"--workdir")
         loop = LoopState.from_checkpoint(arrays, meta)
         kept = describe_checkpoint(meta, step)
+        done = finished_run(run, loop, step) if not changes else None
+        if done is not None:
+            ckpt.close()
+            if lead:
+                print(f"the run is complete ({c.num_epochs} epoch{'s' if c.num_epochs > 1 else ''}, "
+                      f"step {step}): nothing to do; "
+                      f"its results are in {run.workdir / 'summary.json'} and "
+                      f"{run.workdir / 'export'} (raise --config.num_epochs to train on)")
+            return done
         print(f"resuming from epoch {loop.epoch}, batch {loop.step_in_epoch} ({ckpt.directory})")
     if lead:
         (run.workdir / "config.json").write_text(c.to_json_best_effort(indent=1))
@@ -582,6 +591,22 @@ def _train(run: Run, changes: list[tuple]) -> dict:
         writer.close()
         ckpt.close()
     return final
+
+
+def finished_run(run: Run, loop: LoopState, step: int) -> dict | None:
+    """The summary of a run that trained all its epochs and finished them (summary.json and the
+    export of this checkpoint written), else None: rerunning it with the same config has nothing
+    to do (with changed resumable settings its end-of-run steps run again)."""
+    if loop.epoch < run.config.num_epochs:
+        return None
+    from dcjax.export import load_clustering
+
+    try:
+        summary = json.loads((run.workdir / "summary.json").read_text())
+        exported = load_clustering(run.workdir / "export" / "clustering.npz")
+    except (OSError, ValueError):  # DataError is a ValueError
+        return None
+    return summary if exported["checkpoint_step"] == step else None
 
 
 def finish(run: Run, state: TrainState, history: list[dict], assignment: np.ndarray) -> dict:

@@ -333,3 +333,17 @@ def test_commands_keep_compiled_programs_for_the_next_call(tmp_path):
                   env_extra={"DCJAX_CACHE_DIR": str(tmp_path / "other"),
                              "DCJAX_COMPILATION_CACHE": "0"})
     assert off.returncode == 0 and not (tmp_path / "other" / "jax").exists()
+
+
+def test_rerunning_a_finished_run_does_nothing(tmp_path):
+    first = run_cli(tmp_path, "--config.num_epochs=1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    def written():  # every file but the workdir lock, which each run takes
+        return {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")
+                if p.is_file() and p.name != ".lock"}
+
+    files = written()
+    again = run_cli(tmp_path, "--config.num_epochs=1")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.startswith("the run is complete (1 epoch, step 44): nothing to do")
+    assert written() == files
