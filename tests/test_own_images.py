@@ -404,3 +404,18 @@ def test_an_empty_file_is_skipped_as_empty(tmp_path):
 
     ok, bad = readable([("empty.jpg", root / "empty.jpg"), ("img_0.jpg", root / "img_0.jpg")])
     assert bad == [("empty.jpg", "empty file (0 bytes)")] and [n for n, _ in ok] == ["img_0.jpg"]
+
+
+def test_prepare_lists_byte_identical_files_and_prints_no_download_lines(tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "photos"
+    write_photos(root, [f"img_{i}.jpg" for i in range(12)])
+    shutil.copy(root / "img_3.jpg", root / "copy of img_3.jpg")
+    report = prepare(str(root), "photos", str(tmp_path / "tfds"))
+    assert report.duplicates == [("img_3.jpg", "copy of img_3.jpg")] or \
+        report.duplicates == [("copy of img_3.jpg", "img_3.jpg")]
+    assert report.total() == 13  # imported all the same
+    out = capsys.readouterr().out
+    assert "duplicates: 1 file(s) byte-identical to another" in out
+    assert "Downloading and preparing" not in out and "Subsequent calls" not in out

@@ -33,8 +33,10 @@ Writing needs neither TensorFlow nor a network.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -76,6 +78,8 @@ class ImportReport:
     counts: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)  # split -> class -> n
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (file, reason)
     ignored: dict[str, int] = dataclasses.field(default_factory=dict)  # extension -> files
+    # (file, the earlier file it is byte-identical to): imported all the same, listed
+    duplicates: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def count(self, split: str, label: str | None) -> None:
         per_class = self.counts.setdefault(split, {})
@@ -104,6 +108,13 @@ class ImportReport:
         lines.append(f"  skipped: {len(self.skipped)} file(s) that could not be imported")
         for path, reason in self.skipped:
             lines.append(f"    {path}: {reason}")
+        if self.duplicates:
+            lines.append(f"  duplicates: {len(self.duplicates)} file(s) byte-identical to another "
+                         f"(imported all the same; all listed in {REPORT_FILE})")
+            for path, first in self.duplicates[:10]:
+                lines.append(f"    {path} = {first}")
+            if len(self.duplicates) > 10:
+                lines.append(f"    ... and {len(self.duplicates) - 10} more")
         if self.ignored:
             kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.ignored.items()))
             lines.append(f"  ignored: {sum(self.ignored.values())} file(s) that are not images by "
@@ -547,8 +558,16 @@ def _make_builder(name: str, data_dir: str, class_names: list[str],
                   report: ImportReport, description: str, resize_shorter: int = 0):
     import tensorflow_datasets as tfds
 
+    seen: dict[bytes, str] = {}  # content digest -> the first file with it
+
     def generate(split: str):
         for example_id, label, raw in split_iters[split]():
+            if isinstance(raw, bytes) and raw:
+                digest = hashlib.blake2b(raw, digest_size=16).digest()
+                if digest in seen:
+                    report.duplicates.append((example_id, seen[digest]))
+                else:
+                    seen[digest] = example_id
             try:
                 image = checked_image_bytes(raw, resize_shorter)
             except Exception as e:  # noqa: BLE001 - any decode failure is reported, not raised
@@ -628,7 +647,10 @@ def prepare(source: str, name: str, data_dir: str | None = None, overwrite: bool
                             description=f"Imported by dcjax.data.prepare from {source}",
                             resize_shorter=resize_shorter)
     _quiet_tfds()
-    builder.download_and_prepare()
+    # TFDS prints "Downloading and preparing dataset Unknown size ..." and "downloaded" lines on
+    # stdout, though nothing is downloaded: the import's own report below says what was written.
+    with contextlib.redirect_stdout(io.StringIO()):
+        builder.download_and_prepare()
     empty = [s for s in split_iters if report.total(s) == 0]
     if empty:
         shutil.rmtree(target, ignore_errors=True)
