@@ -83,6 +83,7 @@ class Run:
     view_cache: ViewCache | None = None  # the train split's deterministic view, decoded once
     eval_view_cache: ViewCache | None = None  # the same for the held-out split (evaluations)
     stop: StopSignal = dataclasses.field(default_factory=StopSignal)
+    k_from_images: bool = False  # clustering.k was 0: derived from the number of images
 
     @property
     def rows(self) -> NamedSharding:
@@ -343,6 +344,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     ensure_embedded(config.data.name, config.data.data_dir or None)
     source, info = open_split(config.data.name, config.data.train_split,
                               config.data.data_dir or None)
+    k_from_images = config.clustering.k == 0
     for note in resolve_auto(config, info.split_sizes):
         if jax.process_index() == 0:
             print(note)
@@ -387,7 +389,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     return Run(config=config, workdir=Path(workdir), mesh=mesh, source=source, info=info,
                model=model, train_step=train_step, feature_fn=feature_fn,
                write_rows=write_rows_fn(mesh), eval_source=eval_source, evaluators=periodic,
-               view_cache=view_cache, eval_view_cache=eval_view_cache)
+               view_cache=view_cache, eval_view_cache=eval_view_cache,
+               k_from_images=k_from_images)
 
 
 def drawn_state(run: Run) -> TrainState:
@@ -435,9 +438,19 @@ def check_resume(run: Run) -> list[tuple]:
         return []
     frozen, allowed = resume_changes(saved, run.config)
     if frozen:
-        listed = "; ".join(f"{field}: {old!r} in the run, {new!r} now" for field, old, new in frozen)
+        def say(field, old, new):
+            if field == "clustering.k" and run.k_from_images:
+                return (f"clustering.k: one cluster per 100 images (config.clustering.k=0), {old!r} "
+                        f"in the run, {new!r} now for {run.num_images:,} images")
+            return f"{field}: {old!r} in the run, {new!r} now"
+
+        listed = "; ".join(say(*change) for change in frozen)
+        grown = any(field == "clustering.k" for field, _, _ in frozen) and run.k_from_images
         raise ConfigError(f"--workdir={run.workdir} holds a run with another config ({listed}); "
-                          f"these cannot change on a resumed run: use a new --workdir")
+                          f"these cannot change on a resumed run: use a new --workdir"
+                          + (f" (new images get this run's clusters without training: python -m "
+                             f"dcjax.predict --workdir={run.workdir} --source=FOLDER "
+                             f"--out=FILE.csv)" if grown else ""))
     return allowed
 
 

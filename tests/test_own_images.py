@@ -419,3 +419,28 @@ def test_prepare_lists_byte_identical_files_and_prints_no_download_lines(tmp_pat
     out = capsys.readouterr().out
     assert "duplicates: 1 file(s) byte-identical to another" in out
     assert "Downloading and preparing" not in out and "Subsequent calls" not in out
+
+
+def test_a_grown_folder_names_the_derived_k_and_points_to_predict(tmp_path):
+    from dcjax.config_lib import load_config_file
+
+    root = tmp_path / "photos"
+    write_photos(root, [f"img_{i}.jpg" for i in range(12)])
+    prepare(str(root), "photos", str(tmp_path / "tfds"))
+    run = tmp_path / "run"
+    (run / "checkpoints" / "9").mkdir(parents=True)  # a run with a checkpoint, k derived as 6
+    saved = load_config_file(str(ROOT / "configs" / "folder.py"), "photos")
+    saved.batch_size, saved.clustering.k, saved.clustering.pca_dim = 4, 6, 4
+    saved.data.data_dir = str(tmp_path / "tfds")
+    (run / "config.json").write_text(saved.to_json_best_effort())
+    write_photos(root, [f"new_{i}.jpg" for i in range(2)], seed=1)
+    prepare(str(root), "photos", str(tmp_path / "tfds"), overwrite=True)
+    result = subprocess.run([sys.executable, "-m", "dcjax.main", "--config=configs/folder.py:photos",
+                             f"--workdir={run}", "--config.batch_size=4",
+                             "--config.clustering.pca_dim=4", f"--config.data.data_dir={tmp_path / 'tfds'}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = result.stderr.strip()
+    assert "clustering.k: one cluster per 100 images (config.clustering.k=0), 6 in the run, 7 now " \
+           "for 14 images" in line
+    assert f"python -m dcjax.predict --workdir={run} --source=FOLDER" in line
