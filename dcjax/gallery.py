@@ -194,7 +194,8 @@ def gallery(workdir: str, export: str | None = None, out: str | None = None, str
                         f"{d.train_split!r} has {len(source)} images: re-export the run")
     folder = Path(out) if out else Path(workdir) / "gallery"
     write_thumbnails(source, folder / "thumbs", thumb, threads=max(1, min(8, os.cpu_count() or 1)))
-    title = f"{d.name}: {Path(workdir).name}, k = {config.clustering.k}"
+    title = (f"run {Path(workdir).resolve().name}: the {len(source):,} images of {d.name!r} in "
+             f"{config.clustering.k} clusters")
     return folder, write_gallery(a, folder, title, strip, per_page, clusters_per_index)
 
 
