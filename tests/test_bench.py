@@ -49,6 +49,7 @@ def test_imagenet_epoch_projection(tmp_path):
                                      <= 1e-3 * ref["objective"])
 
 
+@pytest.mark.slow
 def test_kmeans_parts_table(tmp_path):
     out = tmp_path / "parts.json"
     args = ["--n=6000", "--d=16", "--k=32", "--chunks=500,1000", "--repeats=1",
@@ -86,6 +87,7 @@ def test_kmeans_table_auto_is_faiss_here(tmp_path):
     assert "| auto (faiss) |" in run.stdout
 
 
+@pytest.mark.slow
 def test_pipeline_table(tmp_path):
     out = tmp_path / "pipeline.json"
     shared = shared_file("cifar10-jpg.tar.gz").parent

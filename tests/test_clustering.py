@@ -108,6 +108,7 @@ def cifar_features(n: int = 5000, dim: int = 64) -> np.ndarray:
     return np.asarray(features)
 
 
+@pytest.mark.slow
 def test_kmeans_matches_faiss_on_real_image_features():
     features = cifar_features()
     init = np.asarray(init_centroids(features, 100, seed=0))
@@ -124,7 +125,7 @@ def bf16_assignment(x, c):
     return np.asarray(jnp.argmin(scores, axis=1))
 
 
-@pytest.mark.parametrize("data", ["cifar_pca", "random"])
+@pytest.mark.parametrize("data", [pytest.param("cifar_pca", marks=pytest.mark.slow), "random"])
 def test_exact_fast_gives_the_float32_assignment(data):
     if data == "cifar_pca":
         x, k = cifar_features(), 100

@@ -335,6 +335,7 @@ def test_commands_keep_compiled_programs_for_the_next_call(tmp_path):
     assert off.returncode == 0 and not (tmp_path / "other" / "jax").exists()
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_run_does_nothing(tmp_path):
     first = run_cli(tmp_path, "--config.num_epochs=1")
     assert first.returncode == 0, first.stderr[-2000:]

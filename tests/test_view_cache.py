@@ -153,6 +153,7 @@ def test_auto_placement(tmp_path, monkeypatch):
         ViewCache("ram")
 
 
+@pytest.mark.slow
 def test_training_with_and_without_the_cache_is_identical(tmp_path, capsys):
     from dcjax.train import train_and_evaluate
 
