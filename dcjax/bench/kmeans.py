@@ -108,6 +108,8 @@ def kmeans_torch(x: np.ndarray, init: np.ndarray, iterations: int, precision: st
     distances of that iteration's assignment). `precision`: 'float32' (TF32 off) or 'tf32'."""
     import torch
 
+    from dcjax.clustering.kmeans import SPLIT_EPS
+
     if precision not in ("float32", "tf32"):
         raise ValueError(f"torch precision {precision!r} must be float32 or tf32")
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
@@ -144,8 +146,6 @@ def kmeans_torch(x: np.ndarray, init: np.ndarray, iterations: int, precision: st
                 host[cj] -= host[ci]
     return assign.cpu().numpy().astype(np.int32), [float(o) for o in objectives]
 
-
-SPLIT_EPS = 1.0 / 1024.0
 
 
 def torch_device() -> str:
