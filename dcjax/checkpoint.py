@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,34 @@ class _NoItemMetadataWarning(logging.Filter):
                     and message.rstrip().endswith("_CHECKPOINT_METADATA"))
 
 
+class _DiskFullThreadErrors(logging.Filter):
+    """Drops the error (with its traceback) that each of Orbax's writer threads logs when the disk
+    is full: the same failure reaches the save call, and the runner reports it in one line
+    (runner.no_space_error, exit 4)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not ("orbax" in record.pathname
+                    and "No space left on device" in record.getMessage())
+
+
 logging.getLogger("absl").addFilter(_NoItemMetadataWarning())
+logging.getLogger("absl").addFilter(_DiskFullThreadErrors())
+
+_unraisable = sys.unraisablehook
+
+
+def _drop_closed_loop(unraisable) -> None:
+    """After a failed write, TensorStore's completion callbacks still post to Orbax's event loop,
+    which is closed by then; each prints 'RuntimeError: Event loop is closed' (58 tracebacks on a
+    full disk). Only that error is dropped; every other unraisable exception goes to the default
+    hook."""
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+        return
+    _unraisable(unraisable)
+
+
+sys.unraisablehook = _drop_closed_loop
 
 
 class CheckpointError(ValueError):

@@ -47,7 +47,7 @@ class ConfigError(ValueError):
 # its saved state its meaning and may not change; those of RESUMABLE only change how the run goes
 # on and may (the change is logged). Every config field is in exactly one (a test checks).
 FROZEN = (
-    "seed", "batch_size", "reassign",
+    "method", "seed", "batch_size", "reassign",
     "data.name", "data.train_split", "data.image_size", "data.resize_size", "data.crop_scale",
     "data.flip",
     "model.name", "model.sobel", "model.fc_dim", "model.widths", "model.dropout", "model.dtype",
@@ -78,6 +78,8 @@ def is_resumable(field: str) -> bool:
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    # The training method (dcjax/methods/): 'deepcluster' (DeepCluster v1, the paper's).
+    c.method = "deepcluster"
     c.seed = 31
     c.num_epochs = 500
     c.batch_size = 256  # global, over all devices and hosts

@@ -1,9 +1,10 @@
 r"""Command line: `python -m dcjax.main --config=configs/<x>.py --workdir=DIR [--config.a.b=v ...]`.
 
-Only parses flags and hands over to `dcjax.train.train_and_evaluate(config, workdir)`. Exit codes
+Only parses flags and hands over to `dcjax.runner.train_and_evaluate(config, workdir)`. Exit codes
 (docs/reliability.md): 0 done; 2 bad input (a flag, a config value, the workdir, the data, a config
 that differs from the workdir's run), one line on stderr and nothing written; 3 the loss diverged
-(the last checkpoint is kept); 128 + signal number after SIGINT / SIGTERM (rerun to resume).
+(the last checkpoint is kept); 4 the workdir's disk is full (the last checkpoint is kept; free space
+and rerun to resume); 128 + signal number after SIGINT / SIGTERM (rerun to resume).
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def main(argv: list[str]) -> None:
     from dcjax.checkpoint import CheckpointError
     from dcjax.config_lib import ConfigError, apply_eval_protocol
     from dcjax.data.datasets import DataError
-    from dcjax.stopping import EXIT_DIVERGED, Diverged, Interrupted
-    from dcjax.train import train_and_evaluate
+    from dcjax.runner import train_and_evaluate
+    from dcjax.stopping import EXIT_DIVERGED, EXIT_NO_SPACE, Diverged, Interrupted, NoSpace
 
     apply_eval_protocol(FLAGS.config, FLAGS["config"].override_values)
     try:
@@ -50,6 +51,8 @@ def main(argv: list[str]) -> None:
         cli.fail(str(e))
     except Diverged as e:
         cli.fail(str(e), EXIT_DIVERGED)
+    except NoSpace as e:
+        cli.fail(str(e), EXIT_NO_SPACE)
     except Interrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
         sys.exit(128 + e.signum)

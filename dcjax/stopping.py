@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 EXIT_DIVERGED = 3
+EXIT_NO_SPACE = 4
 
 
 class Interrupted(Exception):
@@ -47,6 +48,10 @@ class Interrupted(Exception):
 
 class Diverged(FloatingPointError):
     """A non-finite loss; the last checkpoint (written before it) is kept."""
+
+
+class NoSpace(OSError):
+    """The workdir's disk is full; the last checkpoint (written before it) is kept."""
 
 
 class StopSignal:

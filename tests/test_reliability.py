@@ -317,8 +317,9 @@ def test_divergence_keeps_the_finished_epochs(tmp_path, monkeypatch):
     """The loss turns NaN in epoch 1: Diverged names it, epoch 0 and its checkpoint stay, and a
     rerun stops the same way without changing anything."""
     from dcjax import train
+    from dcjax.methods import deepcluster
 
-    original = train.make_train_step
+    original = deepcluster.make_train_step
 
     def poisoned(model, config, *args):
         step = original(model, config, *args)
@@ -330,7 +331,7 @@ def test_divergence_keeps_the_finished_epochs(tmp_path, monkeypatch):
 
         return wrapped
 
-    monkeypatch.setattr(train, "make_train_step", poisoned)
+    monkeypatch.setattr(deepcluster, "make_train_step", poisoned)
     c = smoke(num_epochs=2, pixel_baseline=False)
     with pytest.raises(Diverged, match=r"loss is nan at epoch 1, batch 10: the run diverged; the "
                                        r"last checkpoint \(end of epoch 0, step 44\) is kept"):
