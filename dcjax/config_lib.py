@@ -320,8 +320,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     share = config.data.view_cache_share
     _require(_finite(share) and 0 < share <= 1, f"config.data.view_cache_share={share!r} must be "
              f"in (0, 1]")
-    _require(cl.pca_dim <= m.fc_dim, f"config.clustering.pca_dim={cl.pca_dim} exceeds the "
-             f"feature dimension config.model.fc_dim={m.fc_dim}")
     for key in ("lr", "head_lr"):
         _require(_finite(o[key]) and o[key] > 0,
                  f"config.optim.{key}={o[key]} must be a positive finite number")

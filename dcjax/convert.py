@@ -3,7 +3,7 @@ r"""Networks in and out of the official DeepCluster checkpoint layout (docs/inte
     python -m dcjax.convert --from_torch=checkpoint.pth.tar --arch=alexnet|vgg16 --out=DIR
     python -m dcjax.convert --to_torch=FILE.pth --workdir=RUN [--step=N]
 
-`--from_torch` reads a PyTorch state dict in the official layout (`dcjax.interop`; a leading
+`--from_torch` reads a PyTorch state dict in the official layout (`dcjax.models.interop`; a leading
 `module.`, `features.module.` and a {'state_dict': ...} checkpoint as the official main.py saves it
 are accepted; the top layer may be absent; the Sobel layers, when present, must hold dcjax's
 constants) and writes DIR/network.npz + DIR/network.json, which `python -m dcjax.evaluate
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dcjax.interop import (
+from dcjax.models.interop import (
     ARCHS,
     ConvertError,
     from_torch_state,

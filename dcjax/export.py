@@ -181,7 +181,7 @@ def export_checkpoint(workdir: str, step: int | None = None, out: str | None = N
     mesh = default_mesh()
     net = load_network(config, workdir, "trained", step, mesh)
     epochs = net.epochs_trained
-    clustering = cluster_network(config, jax.jit(make_feature_fn(net.model, "fc7")), net.variables,
+    clustering = cluster_network(config, jax.jit(make_feature_fn(net.model)), net.variables,
                                  source, mesh, int(config.seed) + epochs,
                                  write_rows=write_rows_fn(mesh), nearest=True, keep_features=True,
                                  verbose=jax.process_index() == 0)

@@ -126,17 +126,27 @@ def _zeros(shape: tuple, sharding: NamedSharding, dtype=jnp.float32):
     return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
 
 
+def output_width(feature_fn: Callable, variables: tuple, image_size: int) -> int:
+    """The width D of `feature_fn(*variables, images) -> [B, D]` (traced, nothing computed)."""
+    shape = jax.eval_shape(feature_fn, *variables,
+                           jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.uint8)).shape
+    return int(shape[-1])
+
+
 def extract(feature_fn: Callable, variables: tuple, source: Any, view: pipeline.ViewConfig,
-            batch: int, dim: int, mesh: Mesh, loader_options: dict, write_rows: Callable | None = None,
+            batch: int, dim: int | None, mesh: Mesh, loader_options: dict, write_rows: Callable | None = None,
             desc: str = "features", dtype=jnp.float32,
             on_batch: Callable[[int, int], None] | None = None,
             cache: ViewCache | None = None) -> Features:
     """`feature_fn(*variables, images) -> [B, dim]` over every image of `source`, sharded rows
-    (stored as `dtype`). `on_batch(done, total)` runs after each batch (it may raise to stop).
+    (stored as `dtype`; `dim` None: the function's own width). `on_batch(done, total)` runs after
+    each batch (it may raise to stop).
     With a `cache`, the decoded view is kept (first call) or read back (later calls with the same
     data, view, batch and process layout): the network gets the same arrays either way."""
     ndev, n = mesh.devices.size, len(source)
     nb = math.ceil(n / batch)
+    if dim is None:
+        dim = output_width(feature_fn, variables, view.image_size)
     rows_sharding = rows(mesh)
     write_rows = write_rows or write_rows_fn(mesh)
     buffer = _zeros((nb * batch, dim), rows_sharding, jnp.dtype(dtype))()

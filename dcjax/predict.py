@@ -103,9 +103,9 @@ def predict(workdir: str, source: str, out: str, features: str | None = None,
                         f"longer holds (it has {present}): re-export with `python -m dcjax.export "
                         f"--workdir={workdir}`")
     net = load_network(config, workdir, "trained", step, mesh)
-    fc7 = extract(jax.jit(make_feature_fn(net.model, "fc7")), net.variables,
+    fc7 = extract(jax.jit(make_feature_fn(net.model)), net.variables,
                   FileSource([p for _, p in images]), pipeline.view_config(config),
-                  config.batch_size, config.model.fc_dim, mesh, pipeline.loader_options(config),
+                  config.batch_size, net.model.feature_dim, mesh, pipeline.loader_options(config),
                   desc="predict").to_numpy()
     cluster, distance = nearest_centroids(fc7, saved["pca"], saved["centroids"],
                                           chunk_size=config.clustering.chunk_size, mesh=mesh)

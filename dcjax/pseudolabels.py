@@ -87,7 +87,7 @@ def cluster_network(config: ml_collections.ConfigDict, feature_fn: Callable, var
     c = config
     t0 = time.time()
     f = extract(feature_fn, variables, source, pipeline.view_config(c), c.batch_size,
-                c.model.fc_dim, mesh, pipeline.loader_options(c), write_rows, on_batch=on_batch,
+                None, mesh, pipeline.loader_options(c), write_rows, on_batch=on_batch,
                 cache=cache)
     jax.block_until_ready(f.rows)
     t1 = time.time()

@@ -125,8 +125,9 @@ def make_train_step(model, config: ml_collections.ConfigDict, steps_per_epoch: i
     return train_step
 
 
-def make_feature_fn(model, output: str = "fc7") -> Callable:
-    """(params, batch_stats, images uint8) -> eval-mode features (fc7 before ReLU by default)."""
+def make_feature_fn(model, output: str = "embedding") -> Callable:
+    """(params, batch_stats, images uint8) -> eval-mode features: the model's embedding (the vector
+    that is clustered) by default."""
 
     def features(params, batch_stats, images):
         return model.apply({"params": params, "batch_stats": batch_stats}, normalize(images),

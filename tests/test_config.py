@@ -48,7 +48,6 @@ def test_imagenet_config_is_the_papers_setup():
     ("data.image_size", 224, "config.data.image_size=224 does not fit alexnet_small"),
     ("data.data_dir", "/no/such/dir", "config.data.data_dir='/no/such/dir' is not a directory"),
     ("optim.lr", -1.0, "config.optim.lr=-1.0 must be a positive finite number"),
-    ("clustering.pca_dim", 4096, "config.clustering.pca_dim=4096 exceeds"),
     ("data.view_cache", "ram", "config.data.view_cache='ram' must be one of"),
     ("data.view_cache_share", 1.5, "config.data.view_cache_share=1.5 must be in (0, 1]"),
     ("optim.lr_schedule", "step", "config.optim.lr_schedule='step' must be one of"),

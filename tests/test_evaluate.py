@@ -20,6 +20,7 @@ from dcjax.evaluate.knn import knn_predict
 from dcjax.evaluate.linear import Pooling, adaptive_matrix, choose_pooling
 from dcjax.evaluate.protocols import cluster_quality
 from dcjax.evaluate.run import evaluate
+from dcjax.models import create_model
 from dcjax.train import train_and_evaluate
 
 
@@ -116,19 +117,21 @@ def test_cluster_quality_equals_scikit_learn():
 
 
 def test_paper_pooling_at_224():
-    shapes = [(1, 55, 55, 96), (1, 27, 27, 256), (1, 13, 13, 384), (1, 13, 13, 384),
-              (1, 13, 13, 256)]
-    pools = choose_pooling("alexnet", 224, shapes, 9216)
-    assert [p.dim for p in pools] == [9600, 9216, 9600, 9600, 9216]
+    shapes = dict(zip([f"conv{i}" for i in range(1, 6)],
+                      [(1, 55, 55, 96), (1, 27, 27, 256), (1, 13, 13, 384), (1, 13, 13, 384),
+                       (1, 13, 13, 256)]))
+    pools = choose_pooling(create_model("alexnet", 10, image_size=224), 224, shapes, 9216)
+    assert [p.dim for p in pools.values()] == [9600, 9216, 9600, 9600, 9216]
     x = jax.numpy.ones((2, 55, 55, 96))
-    assert pools[0](x).shape == (2, 9600)
+    assert pools["conv1"](x).shape == (2, 9600)
 
 
 def test_adaptive_pooling_bins_and_sizes():
     m = adaptive_matrix(7, 3)  # bins 0-2, 2-4, 4-6 (PyTorch AdaptiveAvgPool2d)
     np.testing.assert_allclose(m.sum(1), 1.0)
     assert [tuple(np.flatnonzero(r)) for r in m] == [(0, 1, 2), (2, 3, 4), (4, 5, 6)]
-    pools = choose_pooling("alexnet_small", 32, [(1, 32, 32, 32), (1, 7, 7, 128)], 9216)
+    pools = list(choose_pooling(create_model("alexnet_small", 10, image_size=32), 32,
+                                {"conv1": (1, 32, 32, 32), "conv5": (1, 7, 7, 128)}, 9216).values())
     assert [p.grid for p in pools] == [16, 7] and pools[1].describe().endswith("none -> 6272")
     x = np.random.default_rng(0).normal(size=(2, 7, 7, 3)).astype(np.float32)
     out = Pooling(7, 3, grid=3)(jax.numpy.asarray(x)).reshape(2, 3, 3, 3)

@@ -1,4 +1,4 @@
-"""Official-layout checkpoints in and out (dcjax.interop, dcjax.convert), with PyTorch on CPU as the
+"""Official-layout checkpoints in and out (dcjax.models.interop, dcjax.convert), with PyTorch on CPU as the
 oracle. The PyTorch networks here are written from the architecture tables in docs/design.md and
 the official layout's key names (features / classifier Sequentials, sobel, top_layer)."""
 
@@ -14,8 +14,7 @@ from conftest import ROOT, make_config
 torch = pytest.importorskip("torch", reason="PyTorch (the test oracle) is not installed")
 from torch import nn  # noqa: E402
 
-from dcjax import interop  # noqa: E402
-from dcjax.models import from_config  # noqa: E402
+from dcjax.models import from_config, interop  # noqa: E402
 from dcjax.step import create_train_state  # noqa: E402
 
 # (out channels, kernel, stride, padding) per conv; 'M' a max-pool.
@@ -93,7 +92,7 @@ def dcjax_outputs(arch, params, stats, x_nchw, k=10):
     x = jax.numpy.asarray(x_nchw.transpose(0, 2, 3, 1))
     variables = {"params": params, "batch_stats": stats}
     return {out: model.apply(variables, x, train=False, output=out)
-            for out in ("convs", "fc7", "logits")}
+            for out in ("layers", "embedding", "logits")}
 
 
 def relative(a, b) -> float:
@@ -106,10 +105,11 @@ def check_same_outputs(arch, net, params, stats):
     with torch.no_grad():
         want = net(torch.from_numpy(x))
     got = dcjax_outputs(arch, params, stats, x)
-    assert len(got["convs"]) == len(want["convs"])
-    for i, (g, w) in enumerate(zip(got["convs"], want["convs"])):
-        assert relative(np.asarray(g).transpose(0, 3, 1, 2), w.numpy()) < 1e-5, f"conv{i + 1}"
-    assert relative(got["fc7"], want["fc7"].numpy()) < 1e-5
+    names = from_config(make_config(f"imagenet_{arch}", None), 10).layer_names
+    assert len(got["layers"]) == len(names) == len(want["convs"])
+    for name, w in zip(names, want["convs"]):
+        assert relative(np.asarray(got["layers"][name]).transpose(0, 3, 1, 2), w.numpy()) < 1e-5, name
+    assert relative(got["embedding"], want["fc7"].numpy()) < 1e-5
     assert relative(got["logits"], want["logits"].numpy()) < 1e-5
 
 

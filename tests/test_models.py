@@ -39,13 +39,15 @@ VGG16_TABLE = [(c, 3) for c in (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 
 def test_alexnet_224_layer_shapes_match_the_table():
     model = create_model("alexnet", 10000, image_size=224)
     variables = abstract_init(model, 224)
-    convs = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 224, 224, 3)), output="convs"),
-                           variables)
-    assert [c.shape for c in convs] == [(2, 55, 55, 96), (2, 27, 27, 256), (2, 13, 13, 384),
-                                        (2, 13, 13, 384), (2, 13, 13, 256)]
-    fc7 = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 224, 224, 3)), output="fc7"),
+    layers = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 224, 224, 3)), output="layers"),
+                            variables)
+    assert {name: a.shape for name, a in layers.items()} == {
+        "conv1": (2, 55, 55, 96), "conv2": (2, 27, 27, 256), "conv3": (2, 13, 13, 384),
+        "conv4": (2, 13, 13, 384), "conv5": (2, 13, 13, 256)}
+    fc7 = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 224, 224, 3)), output="embedding"),
                          variables)
-    assert fc7.shape == (2, 4096)
+    assert fc7.shape == (2, 4096) == (2, model.feature_dim)
+    assert model.layer_pooling(224) is not None  # the paper's table, declared by the model
     assert variables["params"]["fc6"]["kernel"].shape == (9216, 4096)  # 6x6x256 after pool5
     assert variables["params"]["top_layer"]["kernel"].shape == (4096, 10000)
 
@@ -71,18 +73,21 @@ def test_vgg16_parameter_count_and_shapes():
     model = create_model("vgg16", 10000, image_size=224)
     variables = abstract_init(model, 224)
     assert param_count(variables["params"]) == expected
-    convs = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, 224, 224, 3)), output="convs"),
-                           variables)
-    assert len(convs) == 13 and convs[-1].shape == (1, 14, 14, 512)
+    layers = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, 224, 224, 3)), output="layers"),
+                            variables)
+    assert list(model.layer_names) == [f"conv{i}" for i in range(1, 14)] and len(layers) == 13
+    assert layers["conv13"].shape == (1, 14, 14, 512)
+    assert model.feature_dim == 4096 and model.layer_pooling(224) is None
 
 
 @pytest.mark.parametrize("size,last,flat", [(28, 6, 1024), (32, 7, 2304), (64, 7, 2304)])
 def test_small_alexnet_geometry(size, last, flat):
     model = create_model("alexnet_small", 10, image_size=size)
     variables = abstract_init(model, size)
-    convs = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, size, size, 3)), output="convs"),
-                           variables)
-    assert len(convs) == 5 and convs[-1].shape[1:3] == (last, last)
+    layers = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, size, size, 3)),
+                                                  output="layers"), variables)
+    assert len(layers) == 5 and layers["conv5"].shape[1:3] == (last, last)
+    assert model.layer_pooling(size) is None  # adaptive pooling off the paper's geometry
     assert variables["params"]["fc6"]["kernel"].shape[0] == flat
 
 
@@ -170,7 +175,7 @@ def test_bfloat16_compute_with_float32_state():
     assert not np.allclose(np.asarray(state.params["conv1"]["kernel"]), before)  # it trains
     dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.batch_stats))}
     assert dtypes == {jnp.dtype(jnp.float32)}  # parameters and BatchNorm statistics stay float32
-    features = jax.jit(make_feature_fn(model, "fc7"))(state.params, state.batch_stats, images)
+    features = jax.jit(make_feature_fn(model))(state.params, state.batch_stats, images)
     assert features.dtype == jnp.float32
     # k-means scores at float32 accuracy whatever the default matmul precision says.
     x = np.random.default_rng(0).normal(size=(256, 16)).astype(np.float32)

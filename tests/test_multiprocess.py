@@ -77,8 +77,7 @@ def run_two_processes(args: list[str]) -> list[str]:
 def one_ulp_from_initial(c, folder):
     """A converted-network folder (config.model.init) holding the run's initial weights and
     BatchNorm statistics, each moved one unit in the last place up or down at random."""
-    from dcjax import interop
-    from dcjax.models import from_config
+    from dcjax.models import from_config, interop
     from dcjax.step import create_train_state
 
     state = create_train_state(from_config(c, c.clustering.k), c, jax.random.key(c.seed))

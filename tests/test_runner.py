@@ -129,6 +129,15 @@ def test_an_unknown_method_is_a_config_error_naming_the_known_ones():
         methods.get("nope")
 
 
+def test_pca_dim_above_the_models_feature_width_is_refused_before_anything_is_written(tmp_path):
+    c = make_config(**{"clustering.pca_dim": 80})  # the smoke network's fc7 has 64 dims
+    with pytest.raises(methods.ConfigError, match=r"config.clustering.pca_dim=80 exceeds the width "
+                                                  r"of the clustered features \(64, "
+                                                  r"alexnet_small's fc7\)"):
+        runner.train_and_evaluate(c, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_sigkills_resume_the_second_method_exactly(tmp_path):
     """SIGKILLs in training and in checkpoint writing, then a clean finish: the same parameters

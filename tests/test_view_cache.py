@@ -28,7 +28,7 @@ def setting():
     source, info = open_split("digits", "train")
     model = from_config(c, 10)
     state = create_train_state(model, c, jax.random.key(0))
-    fn = jax.jit(make_feature_fn(model, "fc7"))
+    fn = jax.jit(make_feature_fn(model))
     dataset = {"name": "digits", "split": "train", "files": files_fingerprint(info.split_files["train"])}
     return c, source, fn, (state.params, state.batch_stats), dataset
 
@@ -36,7 +36,7 @@ def setting():
 def run_extract(cache=None, view=None, on_batch=None):
     c, source, fn, variables, _ = setting()
     return extract(fn, variables, source, view or pipeline.view_config(c), c.batch_size,
-                   c.model.fc_dim, default_mesh(), pipeline.loader_options(c), cache=cache,
+                   None, default_mesh(), pipeline.loader_options(c), cache=cache,
                    on_batch=on_batch)
 
 

@@ -76,7 +76,7 @@ def load_network(config: ml_collections.ConfigDict, workdir: str | Path, init: s
     architecture at the run's own initialisation (config.seed), i.e. the paper's "random" row, or
     with init=DIR a network converted by `python -m dcjax.convert` (its top layer, when absent or
     of another k, at the run's initialisation)."""
-    from dcjax import interop
+    from dcjax.models import interop
 
     if init not in INITS and not interop.is_network_dir(init):
         raise ConfigError(f"--init={init!r} must be one of {INITS} or a folder written by "

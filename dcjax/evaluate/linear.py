@@ -51,9 +51,6 @@ from dcjax.features import progress
 from dcjax.sharding import check_features, put
 from dcjax.sharding import replicated as sharding_replicated
 
-# AlexNet at 224 px: (kernel, stride, pad) of each conv layer's average pooling (docs/design.md sec. 2).
-PAPER_POOLING = ((6, 6, 3), (4, 4, 0), (3, 3, 1), (3, 3, 1), (2, 2, 0))
-
 
 @dataclasses.dataclass(frozen=True)
 class Pooling:
@@ -107,17 +104,21 @@ def adaptive_matrix(size: int, grid: int) -> np.ndarray:
     return m
 
 
-def choose_pooling(model_name: str, image_size: int, shapes: list[tuple[int, ...]],
-                   target: int) -> list[Pooling]:
-    """The pooling of each conv layer whose activation has shape [B, H, W, C]."""
-    if model_name == "alexnet" and image_size == 224 and len(shapes) == len(PAPER_POOLING):
-        return [Pooling(s[1], s[3], k, st, p) for s, (k, st, p) in zip(shapes, PAPER_POOLING)]
-    out = []
-    for _, h, w, c in shapes:
+def choose_pooling(model: Any, image_size: int, shapes: dict[str, tuple[int, ...]],
+                   target: int) -> dict[str, Pooling]:
+    """The pooling of each probed layer whose activation has shape [B, H, W, C]: the one the model
+    declares (`layer_pooling`, e.g. the paper's table for AlexNet at 224 px), else adaptive to
+    about `target` dims."""
+    declared = model.layer_pooling(image_size) or {}
+    out = {}
+    for name, (_, h, w, c) in shapes.items():
+        if name in declared:
+            out[name] = Pooling(h, c, *declared[name])
+            continue
         if h != w:
             raise ValueError(f"linear probes expect square activations, got {h}x{w}")
         grid = max(1, min(h, math.isqrt(max(target // c, 1))))
-        out.append(Pooling(h, c, grid=grid))
+        out[name] = Pooling(h, c, grid=grid)
     return out
 
 
@@ -203,21 +204,25 @@ def make_probe_fns(feature_fn: Callable, tx, normalize: bool) -> tuple[Callable,
     return jax.jit(train_step, donate_argnums=(0, 1, 2)), jax.jit(eval_step)
 
 
-def conv_features(net: Network, poolings: list[Pooling]) -> Callable:
+def conv_features(net: Network, poolings: list[Pooling], names: list[str]) -> Callable:
+    """(variables, images) -> {layer name: pooled activation} of the probed layers."""
+
     def features(variables, images):
         params, batch_stats = variables
         acts = net.model.apply({"params": params, "batch_stats": batch_stats}, normalize(images),
-                               train=False, output="convs")
-        return {f"conv{i}": pool(a) for i, (pool, a) in enumerate(zip(poolings, acts), start=1)}
+                               train=False, output="layers")
+        return {name: pool(acts[name]) for name, pool in zip(names, poolings)}
 
     return features
 
 
-def conv_shapes(net: Network, image_size: int) -> list[tuple[int, ...]]:
+def layer_shapes(net: Network, image_size: int) -> dict[str, tuple[int, ...]]:
+    """{name: [1, H, W, C]} of the layers the model's 'layers' output gives, in the model's order
+    (`layer_names`)."""
     acts = jax.eval_shape(lambda v, x: net.model.apply(
-        {"params": v[0], "batch_stats": v[1]}, x, train=False, output="convs"),
+        {"params": v[0], "batch_stats": v[1]}, x, train=False, output="layers"),
         net.variables, jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32))
-    return [tuple(a.shape) for a in acts]
+    return {name: tuple(acts[name].shape) for name in net.model.layer_names}
 
 
 def linear_probe(config: ml_collections.ConfigDict, net: Network, splits: Splits, mesh: Mesh,
@@ -227,9 +232,8 @@ def linear_probe(config: ml_collections.ConfigDict, net: Network, splits: Splits
     `on_batch(done, total)` runs after every training batch (it may raise to stop)."""
     e, d = config.eval, config.data
     t0 = time.time()
-    poolings = choose_pooling(config.model.name, d.image_size, conv_shapes(net, d.image_size),
-                              e.probe_dim)
-    names = [f"conv{i}" for i in range(1, len(poolings) + 1)]
+    chosen = choose_pooling(net.model, d.image_size, layer_shapes(net, d.image_size), e.probe_dim)
+    names, poolings = list(chosen), list(chosen.values())
     n, batch = len(splits.train), e.batch_size
     steps = pipeline.num_train_batches(n, batch)
     if steps < 1:
@@ -366,7 +370,7 @@ def _augmented_views(config, net, splits, mesh, poolings, names, tx, steps, stat
                                           **loader_options(config)):
             yield arrays(b, "image", "label", "mask")
 
-    source = ViewSource(conv_features(net, poolings), net.variables, train, test, steps)
+    source = ViewSource(conv_features(net, poolings, names), net.variables, train, test, steps)
     tests, history = fit_probes(source, names, tx, state, e.linear_epochs, e.linear_normalize,
                                 log, poll, e.linear_test_every)
     return tests, history, {}
@@ -383,7 +387,7 @@ def _center_views(config, net, splits, mesh, poolings, names, tx, steps, state, 
     e = config.eval
     batch = e.batch_size
     bounds = np.cumsum([0] + [p.dim for p in poolings])
-    features = conv_features(net, poolings)
+    features = conv_features(net, poolings, names)
 
     def concatenated(params, batch_stats, images):
         feats = features((params, batch_stats), images)

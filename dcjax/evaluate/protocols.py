@@ -24,15 +24,15 @@ from dcjax.features import Features, extract
 from dcjax.step import make_feature_fn
 
 
-def fc7_features(config: ml_collections.ConfigDict, feature_fn: Callable, variables: tuple,
+def embedding_features(config: ml_collections.ConfigDict, feature_fn: Callable, variables: tuple,
                  source: Any, mesh: Mesh, desc: str,
                  on_batch: Callable[[int, int], None] | None = None,
                  cached: tuple | None = None) -> Features:
-    """fc7 of every image of `source` (deterministic view), in batches of config.eval.batch_size,
+    """The embedding of every image of `source` (deterministic view), in batches of config.eval.batch_size,
     or with `cached` = (ViewCache, batch) in that batch, from or into that cache."""
     cache, batch = cached if cached is not None else (None, config.eval.batch_size)
     return extract(feature_fn, variables, source, pipeline.view_config(config), batch,
-                   config.model.fc_dim, mesh, loader_options(config), desc=desc,
+                   None, mesh, loader_options(config), desc=desc,
                    on_batch=on_batch, cache=cache)
 
 
@@ -69,14 +69,14 @@ def knn_protocol(config: ml_collections.ConfigDict, net: Network | None, splits:
         scores = knn_scores(config, x_train, y_train, None, x_test, y_test, C, mesh)
         name = "pixels"
     else:
-        feature_fn = feature_fn or jax.jit(make_feature_fn(net.model, "fc7"))
-        bank = fc7_features(config, feature_fn, net.variables, splits.train, mesh, "bank",
+        feature_fn = feature_fn or jax.jit(make_feature_fn(net.model))
+        bank = embedding_features(config, feature_fn, net.variables, splits.train, mesh, "bank",
                             on_batch=on_batch, cached=splits.caches.get("train"))
-        test = fc7_features(config, feature_fn, net.variables, splits.test, mesh, "queries",
+        test = embedding_features(config, feature_fn, net.variables, splits.test, mesh, "queries",
                             on_batch=on_batch, cached=splits.caches.get("test"))
         scores = knn_scores(config, bank.rows, bank.row_labels, bank.valid, test.to_numpy(),
                             test.labels, C, mesh)
-        name = "fc7"
+        name = net.model.embedding_name
     e = config.eval
     return {"features": {name: scores["raw"], f"{name}_pca_whitened": scores["pca_whitened"]},
             "k": e.knn_k, "weights": e.knn_weights, "pca_dim": scores["pca_dim"],
@@ -118,14 +118,14 @@ def clustering_protocol(config: ml_collections.ConfigDict, net: Network | None, 
         scores = cluster_quality(x, y, C, pca_dim=cl.pca_dim, **common)
         name = "pixels"
     else:
-        feature_fn = feature_fn or jax.jit(make_feature_fn(net.model, "fc7"))
-        test = fc7_features(config, feature_fn, net.variables, splits.test, mesh, "features",
+        feature_fn = feature_fn or jax.jit(make_feature_fn(net.model))
+        test = embedding_features(config, feature_fn, net.variables, splits.test, mesh, "features",
                             on_batch=on_batch, cached=splits.caches.get("test"))
         scores = cluster_quality(test.rows, test.row_labels, C, pca_dim=cl.pca_dim,
                                  valid=test.valid, on_iteration=on_batch, row_ids=test.image,
                                  **common)
-        name = "fc7"
-    return {"features": name, "k": C, "pca_dim": min(cl.pca_dim, config.model.fc_dim), **scores,
+        name = net.model.embedding_name
+    return {"features": name, "k": C, "pca_dim": min(cl.pca_dim, net.model.feature_dim), **scores,
             "test_images": len(splits.test), "seconds": time.time() - t0}
 
 
@@ -175,8 +175,8 @@ def final_comparison(config: ml_collections.ConfigDict, networks: dict[str, Netw
                            "restarts": COMPARISON_RESTARTS,
                            "features": "fc7 (before its ReLU), L2-normalised"}
     for name, net in networks.items():
-        feature_fn = jax.jit(make_feature_fn(net.model, "fc7"))
-        f = fc7_features(config, feature_fn, net.variables, source, mesh, f"{name} features",
+        feature_fn = jax.jit(make_feature_fn(net.model))
+        f = embedding_features(config, feature_fn, net.variables, source, mesh, f"{name} features",
                          on_batch=on_batch, cached=cached)
         if f.labels.min() < 0:
             return None

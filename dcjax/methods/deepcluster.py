@@ -21,16 +21,16 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from dcjax import faults, interop, methods, metrics
+from dcjax import faults, methods, metrics
 from dcjax.clustering import choose_backend, sample_epoch
-from dcjax.config_lib import few_images_per_cluster
+from dcjax.config_lib import ConfigError, few_images_per_cluster
 from dcjax.data import pipeline
 from dcjax.data.datasets import DatasetInfo, open_split
 from dcjax.evaluate.common import Network
 from dcjax.export import read_ids, write_export
 from dcjax.features import write_rows_fn
 from dcjax.methods.base import Method
-from dcjax.models import from_config
+from dcjax.models import from_config, interop
 from dcjax.plots import (
     nearest_to_centroids,
     pick_clusters,
@@ -114,11 +114,15 @@ class DeepCluster(Method):
                                             across_processes=jax.process_count() > 1)
             print(f"k-means: {choice} ({reason}; config.clustering.backend='auto')")
         self.model = from_config(c, c.clustering.k)
+        if c.clustering.pca_dim > self.model.feature_dim:
+            raise ConfigError(f"config.clustering.pca_dim={c.clustering.pca_dim} exceeds the width "
+                              f"of the clustered features ({self.model.feature_dim}, "
+                              f"{c.model.name}'s {self.model.embedding_name})")
         # Every sampler draws len(source) images an epoch (dcjax/clustering/sampler.py).
         steps_per_epoch = max(1, len(run.source) // c.batch_size)
         self._train_step = jax.jit(make_train_step(self.model, c, steps_per_epoch),
                                    donate_argnums=0)
-        self._feature_fn = jax.jit(make_feature_fn(self.model, "fc7"))
+        self._feature_fn = jax.jit(make_feature_fn(self.model))
         self.write_rows = write_rows_fn(run.mesh)
 
     # --------------------------------------------------------------------- state
@@ -208,9 +212,9 @@ class DeepCluster(Method):
         if run.lead:
             write_epoch_plots(run.workdir, history, mstate.assignment, c.clustering.k)
             if visualize(c, epoch + 1):
-                plot_filters(jax.device_get(state.params["conv1"]["kernel"]),
+                plot_filters(jax.device_get(self.model.first_filters(state.params)),
                              run.workdir / "plots" / "conv1_filters.png",
-                             f"conv1 filters after epoch {epoch}")
+                             f"first-layer filters after epoch {epoch}")
         return dataclasses.replace(mstate, indices=None)
 
     def format_record(self, r: dict) -> str:

@@ -1,8 +1,14 @@
-"""Model registry: architectures by name."""
+"""Model registry: architectures by name, each built from the `config.model` fields.
+
+Every architecture keeps the model contract (dcjax/models/alexnet.py, `OUTPUTS`): named outputs
+('logits', 'embedding', 'layers'), its `feature_dim`, the pooling its probed layers need and its
+first-layer filters. Nothing outside this package names a layer or branches on an architecture.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -12,12 +18,40 @@ from dcjax.models.alexnet import IMAGENET_CONVS, SMALL_WIDTHS, AlexNet, ConvSpec
 from dcjax.models.sobel import sobel_filter
 from dcjax.models.vgg import VGG16
 
-# name -> the input sizes (pixels, inclusive range) the architecture's geometry is made for.
-ARCHITECTURES: dict[str, tuple[int, int]] = {
-    "alexnet": (224, 224),
-    "alexnet_small": (28, 64),
-    "vgg16": (224, 224),
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """`build(num_classes, image_size, widths, **common)` -> the module; `sizes` the input sides
+    (pixels, inclusive range) the geometry is made for."""
+
+    build: Callable[..., nn.Module]
+    sizes: tuple[int, int]
+
+
+def _alexnet(num_classes, image_size, widths, **common):
+    if widths:
+        raise ValueError("alexnet keeps the reference widths; use alexnet_small to change them")
+    return AlexNet(convs=IMAGENET_CONVS, num_classes=num_classes, **common)
+
+
+def _alexnet_small(num_classes, image_size, widths, **common):
+    return AlexNet(convs=small_convs(image_size, tuple(widths or SMALL_WIDTHS)),
+                   num_classes=num_classes, **common)
+
+
+def _vgg16(num_classes, image_size, widths, **common):
+    if widths:
+        raise ValueError("vgg16 keeps the reference widths")
+    return VGG16(num_classes=num_classes, **common)
+
+
+REGISTRY: dict[str, Architecture] = {
+    "alexnet": Architecture(_alexnet, (224, 224)),
+    "alexnet_small": Architecture(_alexnet_small, (28, 64)),
+    "vgg16": Architecture(_vgg16, (224, 224)),
 }
+# name -> the input sizes (pixels, inclusive range) the architecture's geometry is made for.
+ARCHITECTURES: dict[str, tuple[int, int]] = {name: a.sizes for name, a in REGISTRY.items()}
 
 
 def create_model(
@@ -33,22 +67,13 @@ def create_model(
     bn_two_pass: bool = False,
 ) -> nn.Module:
     """Builds the architecture `name` with a `num_classes`-way top_layer."""
-    if name not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}")
-    lo, hi = ARCHITECTURES[name]
+    if name not in REGISTRY:
+        raise ValueError(f"unknown architecture {name!r}; known: {sorted(REGISTRY)}")
+    lo, hi = REGISTRY[name].sizes
     if not lo <= image_size <= hi:
         raise ValueError(f"{name} is built for {lo}-{hi} px inputs, got image_size={image_size}")
-    common = dict(num_classes=num_classes, sobel=sobel, fc_dim=fc_dim, dropout=dropout, dtype=dtype,
-                  bn_two_pass=bn_two_pass)
-    if name == "alexnet":
-        if widths:
-            raise ValueError("alexnet keeps the reference widths; use alexnet_small to change them")
-        return AlexNet(convs=IMAGENET_CONVS, **common)
-    if name == "alexnet_small":
-        return AlexNet(convs=small_convs(image_size, tuple(widths or SMALL_WIDTHS)), **common)
-    if widths:
-        raise ValueError("vgg16 keeps the reference widths")
-    return VGG16(**common)
+    return REGISTRY[name].build(num_classes, image_size, widths, sobel=sobel, fc_dim=fc_dim,
+                                dropout=dropout, dtype=dtype, bn_two_pass=bn_two_pass)
 
 
 def from_config(config: Any, num_classes: int) -> nn.Module:
@@ -61,7 +86,9 @@ def from_config(config: Any, num_classes: int) -> nn.Module:
 
 __all__ = [
     "ARCHITECTURES",
+    "REGISTRY",
     "AlexNet",
+    "Architecture",
     "ConvSpec",
     "VGG16",
     "create_model",

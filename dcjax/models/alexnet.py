@@ -51,7 +51,21 @@ dense_init = nn.initializers.normal(0.01)
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
-OUTPUTS = ("logits", "fc7", "convs")
+# The model contract (docs/design.md, "Runner and methods"): every architecture's
+# `__call__(x, train, output)` returns, by `output`,
+#   'logits'    [B, num_classes], the top layer's scores;
+#   'embedding' [B, feature_dim] float32, the vector DeepCluster clusters (here fc7 before its ReLU);
+#   'layers'    {name: [B, H, W, C]}, the per-layer activations the linear probes read;
+# and it declares `feature_dim`, `embedding_name` (what results call the embedding), `layer_names`
+# (the order of 'layers': a pytree's dict keys come back sorted, conv10 before conv2),
+# `layer_pooling(image_size)` (each probed layer's average pooling, or None for the probes' adaptive
+# default) and `first_filters(params)` (the first layer's kernel, for the filter plot).
+OUTPUTS = ("logits", "embedding", "layers")
+
+# AlexNet at 224 px: (kernel, stride, pad) of each conv layer's average pooling for the linear probes
+# (the paper's Table 1 setting, about 9k dims per layer; docs/design.md section 2).
+PAPER_POOLING = {"conv1": (6, 6, 3), "conv2": (4, 4, 0), "conv3": (3, 3, 1), "conv4": (3, 3, 1),
+                 "conv5": (2, 2, 0)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,9 +105,9 @@ def small_convs(image_size: int, widths: Sequence[int] = SMALL_WIDTHS) -> tuple[
 class AlexNet(nn.Module):
     """AlexNet-BN. `__call__(x, train, output)` with x: [B, H, W, 3] normalised RGB.
 
-    output='logits' -> [B, num_classes]; 'fc7' -> [B, fc_dim] (fc7 before its ReLU: the features
-    DeepCluster clusters); 'convs' -> list of the five conv activations after ReLU, before pooling
-    (what the linear probes read).
+    output='logits' -> [B, num_classes]; 'embedding' -> [B, fc_dim] (fc7 before its ReLU: the
+    features DeepCluster clusters); 'layers' -> {'conv1': ..., 'conv5': ...}, the five conv
+    activations after ReLU, before pooling (what the linear probes read).
     """
 
     convs: tuple[ConvSpec, ...] = IMAGENET_CONVS
@@ -115,10 +129,28 @@ class AlexNet(nn.Module):
             activations.append(x)
             if spec.pool:
                 x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
-        if output == "convs":
-            return activations
+        if output == "layers":
+            return {f"conv{i}": a for i, a in enumerate(activations, start=1)}
         x = x.reshape((x.shape[0], -1))
         return classifier_head(self, x, train, output, dropout_before_fc6=True)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.fc_dim
+
+    embedding_name = "fc7"
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return tuple(f"conv{i}" for i in range(1, len(self.convs) + 1))
+
+    def layer_pooling(self, image_size: int) -> dict[str, tuple[int, int, int]] | None:
+        """The paper's pooling at the reference geometry; None (adaptive) otherwise."""
+        return PAPER_POOLING if self.convs == IMAGENET_CONVS and image_size == 224 else None
+
+    @staticmethod
+    def first_filters(params: dict) -> Any:
+        return params["conv1"]["kernel"]
 
 
 def front_end(module: nn.Module, x: jnp.ndarray, output: str) -> jnp.ndarray:
@@ -155,7 +187,7 @@ def classifier_head(module: nn.Module, x: jnp.ndarray, train: bool, output: str,
     x = nn.relu(x)
     x = nn.Dropout(module.dropout, deterministic=not train)(x)
     fc7 = nn.Dense(module.fc_dim, name="fc7", **dense)(x)
-    if output == "fc7":
+    if output == "embedding":
         return fc7.astype(jnp.float32)
     x = nn.relu(fc7)
     # The head is its own subtree so it can be re-initialised each epoch without recompiling.

@@ -20,7 +20,8 @@ VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "
 
 
 class VGG16(nn.Module):
-    """VGG16-BN. output='convs' returns the 13 conv activations after ReLU, before pooling."""
+    """VGG16-BN, with AlexNet's outputs: output='layers' gives the 13 conv activations after ReLU,
+    before pooling, as 'conv1' ... 'conv13'; 'embedding' fc7 before its ReLU."""
 
     fc_dim: int = 4096
     num_classes: int = 10000
@@ -41,7 +42,21 @@ class VGG16(nn.Module):
             i += 1
             x = conv_bn_relu(self, x, item, 3, 1, 1, train, i)
             activations.append(x)
-        if output == "convs":
-            return activations
+        if output == "layers":
+            return {f"conv{i}": a for i, a in enumerate(activations, start=1)}
         x = x.reshape((x.shape[0], -1))
         return classifier_head(self, x, train, output, dropout_before_fc6=False)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.fc_dim
+
+    embedding_name = "fc7"
+    layer_names = tuple(f"conv{i}" for i in range(1, 14))
+
+    def layer_pooling(self, image_size: int) -> None:
+        return None  # the probes' adaptive pooling for each of the 13 conv layers
+
+    @staticmethod
+    def first_filters(params: dict) -> Any:
+        return params["conv1"]["kernel"]
