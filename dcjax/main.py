@@ -39,14 +39,13 @@ def main(argv: list[str]) -> None:
     except ValueError as e:
         cli.fail(str(e))
     from dcjax.checkpoint import CheckpointError
-    from dcjax.config_lib import ConfigError, apply_eval_protocol
+    from dcjax.config_lib import ConfigError
     from dcjax.data.datasets import DataError
     from dcjax.runner import train_and_evaluate
     from dcjax.stopping import EXIT_DIVERGED, EXIT_NO_SPACE, Diverged, Interrupted, NoSpace
 
-    apply_eval_protocol(FLAGS.config, FLAGS["config"].override_values)
     try:
-        train_and_evaluate(FLAGS.config, workdir)
+        train_and_evaluate(FLAGS.config, workdir, given=FLAGS["config"].override_values)
     except (ConfigError, DataError, CheckpointError) as e:
         cli.fail(str(e))
     except Diverged as e:

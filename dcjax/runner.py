@@ -20,6 +20,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from dcjax import faults, methods, sharding
 from dcjax.checkpoint import Checkpointer, abstract_like
 from dcjax.config_lib import (
     ConfigError,
+    apply_eval_protocol,
     resolve_auto,
     resume_changes,
     validate,
@@ -44,6 +46,7 @@ from dcjax.data.datasets import DataError, DatasetInfo, open_split
 from dcjax.data.prepare import ensure_embedded
 from dcjax.evaluate import evaluators
 from dcjax.evaluate.common import Splits
+from dcjax.evaluate.representations import NetworkEmbedding
 from dcjax.features import progress
 from dcjax.sharding import default_mesh
 from dcjax.stopping import Diverged, Interrupted, NoSpace, StopSignal
@@ -158,9 +161,11 @@ class LoopState:
 # ======================================================================== set-up
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
-    """Validates the config against the devices and the data and builds the run and its method;
-    writes nothing."""
+def setup(config: ml_collections.ConfigDict, workdir: str, given: Iterable[str] = ()) -> Run:
+    """Applies config.eval.protocol (the fields in `given`, 'eval.x' as set on a command line,
+    are kept), validates the config against the devices and the data and builds the run and its
+    method; writes nothing."""
+    apply_eval_protocol(config, given)
     method_class = methods.get(config.get("method", "deepcluster"))
     validate(config, num_devices=jax.device_count())
     ensure_embedded(config.data.name, config.data.data_dir or None)
@@ -316,15 +321,19 @@ def checkpoint_bytes(directory: Path, state: Any) -> int:
 # ======================================================================== the loop
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       given: Iterable[str] = ()) -> dict:
     """Runs `config.method` as `config` says, writing to `workdir`; resumes from its checkpoints.
+    `given`: the config fields set on the command line ('eval.linear_lr', ...), which
+    config.eval.protocol='reference' leaves as they are (from Python, every field is the
+    protocol's).
 
     Before anything is written the config, the data and the workdir are checked, and a workdir
     with checkpoints must hold a run of the same config (docs/reliability.md). Returns the final
     epoch's record plus the method's end-of-run fields (summary.json).
     """
     path = check_workdir(workdir)
-    run = setup(config, str(path))
+    run = setup(config, str(path), given)
     changes = check_resume(run)
     lock = take_lock(run)
     try:
@@ -514,6 +523,7 @@ def periodic_evaluation(run: Run, state, epoch: int) -> dict:
     if not due:
         return out
     net = run.method.network(state)
+    representation = NetworkEmbedding(net, run.method.feature_fn()) if net is not None else None
     # The bank reads the training loop's cached view (same view, the loop's batch); the held-out
     # split has its own cache.
     caches = {"train": (run.view_cache, run.config.batch_size),
@@ -525,8 +535,7 @@ def periodic_evaluation(run: Run, state, epoch: int) -> dict:
         t0 = time.time()
         poll = lambda done, total, name=name: run.stop.check(f"the {name} evaluation", done, total,
                                                              every)
-        result = evaluator.run(net, splits, run.mesh, on_batch=poll,
-                               feature_fn=run.method.feature_fn())
+        result = evaluator.run(representation, splits, run.mesh, on_batch=poll)
         out.update({f"{name}_{key}": value for key, value in evaluator.values(result).items()})
         out[f"time_{name}"] = time.time() - t0
     run.print_cache_log()

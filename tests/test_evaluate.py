@@ -36,6 +36,7 @@ def trained_run(tmp_path_factory):
     with c.unlocked():  # a second evaluator, as a config file would add it
         c.evals.pixel_clusters = dict(type="clustering", every_epochs=1, features="pixels")
         c.evals.comparison = dict(type="comparison", every_epochs=1)
+        c.evals.knn50 = dict(type="knn", every_epochs=1, k=50, weights="uniform")  # beside knn
     train_and_evaluate(c, str(workdir))
     return workdir
 
@@ -50,6 +51,12 @@ def test_evaluators_logged_during_training(trained_run):
     for key in ("nmi", "ari", "accuracy"):
         assert record[f"pixel_clusters_{key}"] == pytest.approx(pixels[key], abs=1e-9)
     assert record["time_knn"] > 0 and record["time_pixel_clusters"] > 0
+    # Two kNN evaluators with their own k and weights, each equal to the protocol run on demand
+    # with those settings.
+    fifty = evaluate(digits_smoke(**{"eval.knn_k": 50, "eval.knn_weights": "uniform"}),
+                     str(trained_run), "knn")
+    assert record["knn50_top1"] == pytest.approx(fifty["features"]["fc7"], abs=1e-9)
+    assert record["knn50_top1"] != record["knn_top1"]
 
 
 def test_evaluators_are_built_from_config():
@@ -68,6 +75,45 @@ def test_evaluators_are_built_from_config():
     del c.evals["bad"]
     assert from_config(c)["probe"].period() == 2 and set(TYPES) == {"linear", "knn", "clustering",
                                                                  "comparison"}
+
+
+def test_each_evaluator_has_its_own_settings():
+    from dcjax.evaluate.evaluators import from_config
+
+    c = digits_smoke()
+    with c.unlocked():
+        c.evals.knn50 = dict(type="knn", k=50, weights="uniform")
+        c.evals.probe = dict(type="linear", protocol="reference", epochs=2)
+    built = from_config(c)
+    assert (built["knn"].config.eval.knn_k, built["knn"].config.eval.knn_weights) == (5, "distance")
+    assert (built["knn50"].config.eval.knn_k, built["knn50"].config.eval.knn_weights) == \
+        (50, "uniform")
+    assert c.eval.knn_k == 5  # the shared defaults are untouched
+    probe = built["probe"].config.eval  # the reference probe, but the entry's epochs
+    assert (probe.linear_epochs, probe.linear_lr, probe.linear_views) == (2, 0.01, "translate")
+    for entry, message in ((dict(type="knn", depth=3), r"config.evals.x: depth is not a setting "
+                                                       r"of a 'knn' evaluator \(its settings: "
+                                                       r"every_epochs, features, batch_size, k, "
+                                                       r"weights\)"),
+                           (dict(type="knn", k=0), r"config.evals.x: config.eval.knn_k=0"),
+                           (dict(type="linear", views="five"),
+                            r"config.evals.x: config.eval.linear_views='five' must be one of")):
+        with c.unlocked():
+            c.evals.x = entry
+        with pytest.raises(ConfigError, match=message):
+            from_config(c)
+
+
+def test_the_python_api_applies_the_evaluation_protocol_as_the_command_line_does(tmp_path):
+    from dcjax import runner
+
+    c = digits_smoke(**{"eval.protocol": "reference", "eval.linear_epochs": 3})
+    runner.setup(c, str(tmp_path / "run"))  # what train_and_evaluate(c, ...) does first
+    assert (c.eval.linear_epochs, c.eval.linear_views) == (90, "translate")
+    c = digits_smoke(**{"eval.protocol": "reference", "eval.linear_epochs": 3})
+    runner.setup(c, str(tmp_path / "run"), given={"eval.linear_epochs": 3})  # the command line's
+    assert (c.eval.linear_epochs, c.eval.linear_views) == (3, "translate")
+    assert not (tmp_path / "run").exists()
 
 
 # ------------------------------------------------------------------ kNN and clustering vs sklearn

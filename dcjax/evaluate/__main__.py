@@ -42,7 +42,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    from dcjax.config_lib import ConfigError, apply_eval_protocol
+    from dcjax.config_lib import ConfigError
     from dcjax.data.datasets import DataError
     from dcjax.evaluate.run import evaluate
 
@@ -50,8 +50,8 @@ def main(argv: list[str]) -> None:
 
     try:
         distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-        apply_eval_protocol(FLAGS.config, FLAGS["config"].override_values)
-        evaluate(FLAGS.config, FLAGS.workdir, FLAGS.protocol, FLAGS.init, FLAGS.features, FLAGS.step)
+        evaluate(FLAGS.config, FLAGS.workdir, FLAGS.protocol, FLAGS.init, FLAGS.features, FLAGS.step,
+                 given=FLAGS["config"].override_values)
     except (ConfigError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

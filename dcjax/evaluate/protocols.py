@@ -55,28 +55,21 @@ def knn_scores(config: ml_collections.ConfigDict, bank, bank_labels: np.ndarray,
     return out
 
 
-def knn_protocol(config: ml_collections.ConfigDict, net: Network | None, splits: Splits,
-                 mesh: Mesh, feature_fn: Callable | None = None,
-                 on_batch: Callable[[int, int], None] | None = None) -> dict:
+def knn_protocol(config: ml_collections.ConfigDict, representation, splits: Splits,
+                 mesh: Mesh, on_batch: Callable[[int, int], None] | None = None) -> dict:
     """Weighted kNN (cosine, k = config.eval.knn_k) of held-out images against the training split,
-    on fc7 and on PCA-whitened fc7 (or on raw pixels when `net` is None). `on_batch(done, total)`
-    runs after each extraction batch (it may raise to stop)."""
+    on the representation's rows (evaluate.representations: a network's embedding, raw pixels) as
+    they are and PCA-whitened. `on_batch(done, total)` runs after each extraction batch (it may
+    raise to stop)."""
     t0 = time.time()
     C = splits.info.num_classes
-    if net is None:
-        x_train, y_train = pixel_arrays(config, splits.train)
-        x_test, y_test = pixel_arrays(config, splits.test)
-        scores = knn_scores(config, x_train, y_train, None, x_test, y_test, C, mesh)
-        name = "pixels"
-    else:
-        feature_fn = feature_fn or jax.jit(make_feature_fn(net.model))
-        bank = embedding_features(config, feature_fn, net.variables, splits.train, mesh, "bank",
-                            on_batch=on_batch, cached=splits.caches.get("train"))
-        test = embedding_features(config, feature_fn, net.variables, splits.test, mesh, "queries",
-                            on_batch=on_batch, cached=splits.caches.get("test"))
-        scores = knn_scores(config, bank.rows, bank.row_labels, bank.valid, test.to_numpy(),
-                            test.labels, C, mesh)
-        name = net.model.embedding_name
+    bank = representation.rows(config, splits.train, mesh, "bank", on_batch=on_batch,
+                               cached=splits.caches.get("train"))
+    test = representation.rows(config, splits.test, mesh, "queries", on_batch=on_batch,
+                               cached=splits.caches.get("test"))
+    scores = knn_scores(config, bank.rows, bank.row_labels, bank.valid, test.to_numpy(),
+                        test.labels, C, mesh)
+    name = representation.name
     e = config.eval
     return {"features": {name: scores["raw"], f"{name}_pca_whitened": scores["pca_whitened"]},
             "k": e.knn_k, "weights": e.knn_weights, "pca_dim": scores["pca_dim"],
@@ -105,27 +98,19 @@ def cluster_quality(features, labels: np.ndarray, k: int, *, pca_dim: int | None
             "objective": float(result.objective[-1]), **metrics.cluster_size_stats(assignment, k)}
 
 
-def clustering_protocol(config: ml_collections.ConfigDict, net: Network | None, splits: Splits,
-                        mesh: Mesh, feature_fn: Callable | None = None,
-                        on_batch: Callable[[int, int], None] | None = None) -> dict:
-    """k-means with k = number of classes on the held-out split's PCA-whitened fc7 (or pixels).
-    `on_batch(done, total)` runs after each extraction batch and k-means iteration."""
+def clustering_protocol(config: ml_collections.ConfigDict, representation, splits: Splits,
+                        mesh: Mesh, on_batch: Callable[[int, int], None] | None = None) -> dict:
+    """k-means with k = number of classes on the held-out split's PCA-whitened representation
+    rows. `on_batch(done, total)` runs after each extraction batch and k-means iteration."""
     t0 = time.time()
     C, cl = splits.info.num_classes, config.clustering
-    common = dict(iterations=cl.iterations, seed=config.seed, chunk_size=cl.chunk_size, mesh=mesh)
-    if net is None:
-        x, y = pixel_arrays(config, splits.test)
-        scores = cluster_quality(x, y, C, pca_dim=cl.pca_dim, **common)
-        name = "pixels"
-    else:
-        feature_fn = feature_fn or jax.jit(make_feature_fn(net.model))
-        test = embedding_features(config, feature_fn, net.variables, splits.test, mesh, "features",
-                            on_batch=on_batch, cached=splits.caches.get("test"))
-        scores = cluster_quality(test.rows, test.row_labels, C, pca_dim=cl.pca_dim,
-                                 valid=test.valid, on_iteration=on_batch, row_ids=test.image,
-                                 **common)
-        name = net.model.embedding_name
-    return {"features": name, "k": C, "pca_dim": min(cl.pca_dim, net.model.feature_dim), **scores,
+    test = representation.rows(config, splits.test, mesh, "features", on_batch=on_batch,
+                               cached=splits.caches.get("test"))
+    scores = cluster_quality(test.rows, test.row_labels, C, pca_dim=cl.pca_dim, valid=test.valid,
+                             on_iteration=on_batch, row_ids=test.image, iterations=cl.iterations,
+                             seed=config.seed, chunk_size=cl.chunk_size, mesh=mesh)
+    return {"features": representation.name, "k": C,
+            "pca_dim": min(cl.pca_dim, test.rows.shape[1]), **scores,
             "test_images": len(splits.test), "seconds": time.time() - t0}
 
 

@@ -58,19 +58,24 @@ def format_result(protocol: str, result: dict) -> str:
 
 
 def evaluate(config, workdir: str, protocol: str, init: str = "trained", features: str = "network",
-             step: int | None = None) -> dict:
+             step: int | None = None, given=()) -> dict:
+    """`given`: the config fields set on a command line, which config.eval.protocol='reference'
+    leaves as they are (config_lib.apply_eval_protocol)."""
     import jax
 
+    from dcjax.config_lib import apply_eval_protocol
     from dcjax.evaluate import common, evaluators
+    from dcjax.evaluate.representations import NetworkEmbedding
     from dcjax.sharding import default_mesh
 
+    apply_eval_protocol(config, given)
     evaluator = evaluators.build(protocol, config, features=features)
     mesh = default_mesh()
     splits = common.open_splits(config, held_out_required=protocol != "comparison")
     net = None
     if features == "network":
         net = common.load_network(config, workdir, init, step, mesh)
-    result = evaluator.run(net, splits, mesh)
+    result = evaluator.run(NetworkEmbedding(net) if net is not None else None, splits, mesh)
     result = {"protocol": protocol, "init": init if net is not None else None,
               "features": features, "checkpoint_step": net.step if net is not None else None,
               "dataset": config.data.name, "eval_split": splits.test_split,
