@@ -1,33 +1,21 @@
 """The reference configuration and its validation.
 
 `base_config()` holds the paper's / official code's defaults (docs/design.md section 2); files in
-`configs/` start from it and change what their dataset needs. `validate(config, ...)` runs before
-any work and stops a bad value with one sentence naming the field.
+`configs/` start from it and change what their dataset needs. `validate_fields(config, ...)`
+checks the values no component owns; `dcjax.validation.validate` runs it with every component's own
+checks (models, clustering, data, view cache, evaluation) before any work, and stops a bad value
+with one sentence naming the field. This module imports no other dcjax module.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 
-from dcjax.clustering import BACKENDS
-from dcjax.clustering.kmeans import PRECISION_NAMES
-from dcjax.clustering.sampler import SAMPLERS
-from dcjax.data.dali_loader import available as dali_available
-from dcjax.data.pipeline import DECODERS, LOADERS
-from dcjax.evaluate.knn import WEIGHTS as KNN_WEIGHTS
-from dcjax.models import ARCHITECTURES
-from dcjax.view_cache import MODES as VIEW_CACHE_MODES
-
-LINEAR_VIEWS = ("augmented", "translate", "center")  # config.eval.linear_views
-LINEAR_SCHEDULES = ("cosine", "reference")  # config.eval.linear_schedule
 LR_SCHEDULES = ("constant", "cosine")  # config.optim.lr_schedule
-LINEAR_TEST_VIEWS = ("center", "ten_crop")  # config.eval.linear_test_views
-EVAL_PROTOCOLS = ("dcjax", "reference")  # config.eval.protocol
 # config.eval.protocol='reference': the official eval_linear.py as its shipped eval_linear.sh runs it
 # (90 epochs, SGD lr 0.01 momentum 0.9, weight decay 10^-7 with lr / sqrt(1 + lr wd t), batch 256,
 # RandomCrop of the resized centre square + flip, ten-crop test every epoch). docs/evaluation.md.
@@ -35,8 +23,6 @@ REFERENCE_PROBE = {"linear_epochs": 90, "linear_lr": 0.01, "linear_momentum": 0.
                    "linear_weight_decay": 1e-7, "linear_schedule": "reference",
                    "linear_views": "translate", "linear_normalize": False, "batch_size": 256,
                    "linear_test_views": "ten_crop", "linear_test_every": 1}
-DTYPES = ("float32", "bfloat16")
-BN_VARIANCES = ("fast", "two_pass")  # config.model.bn_variance
 
 
 class ConfigError(ValueError):
@@ -238,143 +224,64 @@ def resume_changes(saved: dict, requested: ml_collections.ConfigDict) -> tuple[l
     return frozen, resumable
 
 
-def _platform() -> str:
-    import jax
-
-    return jax.devices()[0].platform
-
-
-def _finite(value: Any) -> bool:
+def finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _require(ok: bool, message: str) -> None:
+def require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
 
 
-def _positive_int(config: ml_collections.ConfigDict, path: str, minimum: int = 1) -> None:
+def positive_int(config: ml_collections.ConfigDict, path: str, minimum: int = 1) -> None:
     value = config
     for key in path.split("."):
         value = value[key]
-    _require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+    require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
              f"config.{path}={value!r} must be an integer >= {minimum}")
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
-    """Checks the values that need no data; raises ConfigError naming the first bad field."""
-    m, d, cl, o = config.model, config.data, config.clustering, config.optim
-    _require(m.name in ARCHITECTURES,
-             f"config.model.name={m.name!r} is not a known architecture ({', '.join(ARCHITECTURES)})")
-    lo, hi = ARCHITECTURES[m.name]
-    _require(lo <= d.image_size <= hi,
-             f"config.data.image_size={d.image_size} does not fit {m.name}, built for {lo}-{hi} px")
-    _require(d.resize_size >= d.image_size,
-             f"config.data.resize_size={d.resize_size} is smaller than "
-             f"config.data.image_size={d.image_size}")
+def validate_fields(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+    """Checks the values that need no data and that no component owns (the run's sizes, the data's
+    geometry, the optimiser, k); raises ConfigError naming the first bad field."""
+    d, cl, o = config.data, config.clustering, config.optim
+    require(d.resize_size >= d.image_size,
+            f"config.data.resize_size={d.resize_size} is smaller than "
+            f"config.data.image_size={d.image_size}")
     lo_s, hi_s = tuple(d.crop_scale)
-    _require(0.0 < lo_s <= hi_s <= 1.0,
-             f"config.data.crop_scale={tuple(d.crop_scale)} must satisfy 0 < min <= max <= 1")
-    _require(m.dtype in DTYPES, f"config.model.dtype={m.dtype!r} must be one of {DTYPES}")
-    _require(m.bn_variance in BN_VARIANCES, f"config.model.bn_variance={m.bn_variance!r} must be "
-             f"one of {BN_VARIANCES}")
-    _require(0.0 <= m.dropout < 1.0, f"config.model.dropout={m.dropout} must be in [0, 1)")
-    _require(not m.widths or (m.name == "alexnet_small" and len(m.widths) == 5),
-             f"config.model.widths={tuple(m.widths)} needs alexnet_small and 5 values")
-    _require(bool(d.name), "config.data.name is empty")
-    _require(not m.init or ((Path(m.init) / "network.npz").exists()
-                            and (Path(m.init) / "network.json").exists()),
-             f"config.model.init={m.init!r} is not a folder written by python -m dcjax.convert "
-             f"(network.npz, network.json)")
+    require(0.0 < lo_s <= hi_s <= 1.0,
+            f"config.data.crop_scale={tuple(d.crop_scale)} must satisfy 0 < min <= max <= 1")
+    require(bool(d.name), "config.data.name is empty")
     if d.data_dir:
-        _require(Path(d.data_dir).expanduser().is_dir(),
-                 f"config.data.data_dir={d.data_dir!r} is not a directory")
+        require(Path(d.data_dir).expanduser().is_dir(),
+                f"config.data.data_dir={d.data_dir!r} is not a directory")
     for path in ("num_epochs", "batch_size", "reassign", "keep_checkpoints", "log_every_steps",
                  "model.fc_dim", "clustering.pca_dim", "clustering.iterations",
                  "clustering.chunk_size", "data.num_threads", "data.prefetch"):
-        _positive_int(config, path)
-    _positive_int(config, "checkpoint_every_steps", minimum=0)
-    _positive_int(config, "data.num_workers", minimum=0)
-    _require(config.batch_size % num_devices == 0,
-             f"config.batch_size={config.batch_size} is not divisible by the {num_devices} devices")
-    _require(cl.backend in BACKENDS, f"config.clustering.backend={cl.backend!r} must be one of "
-             f"{BACKENDS}")
-    _require(cl.precision in PRECISION_NAMES, f"config.clustering.precision={cl.precision!r} must "
-             f"be one of {PRECISION_NAMES}")
-    _require(not cl.precision.startswith("tf32") or _platform() == "gpu",
-             f"config.clustering.precision={cl.precision!r} needs GPU devices; use 'highest' or "
-             "a bf16 one")
-    _require(cl.sampler in SAMPLERS, f"config.clustering.sampler={cl.sampler!r} must be one of "
-             f"{SAMPLERS}")
-    _require(config.data.view_cache in VIEW_CACHE_MODES, f"config.data.view_cache="
-             f"{config.data.view_cache!r} must be one of {VIEW_CACHE_MODES}")
-    _require(config.data.decoder in DECODERS, f"config.data.decoder={config.data.decoder!r} must "
-             f"be one of {DECODERS}")
-    _require(config.data.decoder != "opencv" or importlib.util.find_spec("cv2") is not None,
-             "config.data.decoder='opencv' needs OpenCV: pip install opencv-python-headless "
-             "(requirements.txt), or set config.data.decoder='fast'")
-    _require(config.data.loader in LOADERS, f"config.data.loader={config.data.loader!r} must be "
-             f"one of {LOADERS}")
-    _require(config.data.loader != "dali" or dali_available(), "config.data.loader='dali' needs "
-             "NVIDIA DALI: pip install nvidia-dali-cuda120 (or -cuda130), or -r requirements-dali.txt")
-    share = config.data.view_cache_share
-    _require(_finite(share) and 0 < share <= 1, f"config.data.view_cache_share={share!r} must be "
-             f"in (0, 1]")
+        positive_int(config, path)
+    positive_int(config, "checkpoint_every_steps", minimum=0)
+    positive_int(config, "data.num_workers", minimum=0)
+    require(config.batch_size % num_devices == 0,
+            f"config.batch_size={config.batch_size} is not divisible by the {num_devices} devices")
     for key in ("lr", "head_lr"):
-        _require(_finite(o[key]) and o[key] > 0,
-                 f"config.optim.{key}={o[key]} must be a positive finite number")
+        require(finite(o[key]) and o[key] > 0,
+                f"config.optim.{key}={o[key]} must be a positive finite number")
     for key in ("weight_decay", "head_weight_decay"):
-        _require(_finite(o[key]) and o[key] >= 0,
-                 f"config.optim.{key}={o[key]} must be a non-negative finite number")
-    _require(o.lr_schedule in LR_SCHEDULES,
-             f"config.optim.lr_schedule={o.lr_schedule!r} must be one of {LR_SCHEDULES}")
-    _require(isinstance(o.lr_decay_epochs, int) and not isinstance(o.lr_decay_epochs, bool)
-             and (o.lr_decay_epochs > 0 if o.lr_schedule == "cosine" else o.lr_decay_epochs >= 0),
-             f"config.optim.lr_decay_epochs={o.lr_decay_epochs!r} must be a positive integer with "
-             f"lr_schedule={o.lr_schedule!r}" if o.lr_schedule == "cosine" else
-             f"config.optim.lr_decay_epochs={o.lr_decay_epochs!r} must be a non-negative integer")
-    _require(_finite(o.momentum) and 0 <= o.momentum < 1,
-             f"config.optim.momentum={o.momentum} must be in [0, 1)")
-    _require(isinstance(cl.k, int) and not isinstance(cl.k, bool) and cl.k >= 0,
-             f"config.clustering.k={cl.k!r} must be an integer >= 2, or 0 for auto_k")
-    _require(cl.k != 1, f"config.clustering.k={cl.k}: one cluster gives every image the same "
-             "pseudo-label, so there is nothing to learn; use k >= 2 (or 0 for auto_k)")
-    validate_eval(config, num_devices)
-
-
-def validate_eval(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
-    e = config.eval
-    for path in ("eval.batch_size", "eval.linear_epochs", "eval.probe_dim", "eval.pixel_pca_dim",
-                 "eval.knn_k"):
-        _positive_int(config, path)
-    _positive_int(config, "eval_every_epochs", minimum=0)
-    _require(e.batch_size % num_devices == 0,
-             f"config.eval.batch_size={e.batch_size} is not divisible by the {num_devices} devices")
-    _require(_finite(e.linear_lr) and e.linear_lr > 0,
-             f"config.eval.linear_lr={e.linear_lr} must be a positive finite number")
-    _require(_finite(e.linear_weight_decay) and e.linear_weight_decay >= 0,
-             f"config.eval.linear_weight_decay={e.linear_weight_decay} must be a non-negative "
-             "finite number")
-    _require(0 <= e.linear_momentum < 1,
-             f"config.eval.linear_momentum={e.linear_momentum} must be in [0, 1)")
-    lo_s, hi_s = tuple(e.crop_scale)
-    _require(0.0 < lo_s <= hi_s <= 1.0,
-             f"config.eval.crop_scale={tuple(e.crop_scale)} must satisfy 0 < min <= max <= 1")
-    _require(e.linear_views in LINEAR_VIEWS,
-             f"config.eval.linear_views={e.linear_views!r} must be one of {LINEAR_VIEWS}")
-    _require(e.linear_schedule in LINEAR_SCHEDULES,
-             f"config.eval.linear_schedule={e.linear_schedule!r} must be one of {LINEAR_SCHEDULES}")
-    _require(e.knn_weights in KNN_WEIGHTS,
-             f"config.eval.knn_weights={e.knn_weights!r} must be one of {KNN_WEIGHTS}")
-    _require(e.protocol in EVAL_PROTOCOLS,
-             f"config.eval.protocol={e.protocol!r} must be one of {EVAL_PROTOCOLS}")
-    _require(e.linear_test_views in LINEAR_TEST_VIEWS,
-             f"config.eval.linear_test_views={e.linear_test_views!r} must be one of "
-             f"{LINEAR_TEST_VIEWS}")
-    _require(not (e.linear_test_views == "ten_crop" and e.linear_views == "center"),
-             "config.eval.linear_test_views='ten_crop' needs probes that see images "
-             "(config.eval.linear_views 'augmented' or 'translate'), not the cached centre views")
-    _positive_int(config, "eval.linear_test_every", minimum=0)
+        require(finite(o[key]) and o[key] >= 0,
+                f"config.optim.{key}={o[key]} must be a non-negative finite number")
+    require(o.lr_schedule in LR_SCHEDULES,
+            f"config.optim.lr_schedule={o.lr_schedule!r} must be one of {LR_SCHEDULES}")
+    require(isinstance(o.lr_decay_epochs, int) and not isinstance(o.lr_decay_epochs, bool)
+            and (o.lr_decay_epochs > 0 if o.lr_schedule == "cosine" else o.lr_decay_epochs >= 0),
+            f"config.optim.lr_decay_epochs={o.lr_decay_epochs!r} must be a positive integer with "
+            f"lr_schedule={o.lr_schedule!r}" if o.lr_schedule == "cosine" else
+            f"config.optim.lr_decay_epochs={o.lr_decay_epochs!r} must be a non-negative integer")
+    require(finite(o.momentum) and 0 <= o.momentum < 1,
+            f"config.optim.momentum={o.momentum} must be in [0, 1)")
+    require(isinstance(cl.k, int) and not isinstance(cl.k, bool) and cl.k >= 0,
+            f"config.clustering.k={cl.k!r} must be an integer >= 2, or 0 for auto_k")
+    require(cl.k != 1, f"config.clustering.k={cl.k}: one cluster gives every image the same "
+            "pseudo-label, so there is nothing to learn; use k >= 2 (or 0 for auto_k)")
 
 
 def apply_eval_protocol(config: ml_collections.ConfigDict, overrides: dict | None = None) -> None:
@@ -421,17 +328,17 @@ def validate_against_data(config: ml_collections.ConfigDict, split_sizes: dict[s
     A missing eval split is an error only where something needs it (the evaluators and
     `eval_every_epochs` say so themselves)."""
     d = config.data
-    _require(d.train_split in split_sizes,
+    require(d.train_split in split_sizes,
              f"config.data.train_split={d.train_split!r} is not a split of {d.name!r} "
              f"(it has {sorted(split_sizes)})")
     n = split_sizes[d.train_split]
-    _require(config.clustering.k >= 2, f"config.clustering.k={config.clustering.k}: call "
+    require(config.clustering.k >= 2, f"config.clustering.k={config.clustering.k}: call "
              f"resolve_auto first")
-    _require(config.clustering.k <= n, f"config.clustering.k={config.clustering.k} but the "
+    require(config.clustering.k <= n, f"config.clustering.k={config.clustering.k} but the "
              f"dataset {d.name!r} has {n} images in split {d.train_split!r}")
-    _require(config.batch_size <= n, f"config.batch_size={config.batch_size} but the dataset "
+    require(config.batch_size <= n, f"config.batch_size={config.batch_size} but the dataset "
              f"{d.name!r} has {n} images in split {d.train_split!r}")
-    _require(config.clustering.pca_dim <= n, f"config.clustering.pca_dim="
+    require(config.clustering.pca_dim <= n, f"config.clustering.pca_dim="
              f"{config.clustering.pca_dim} but the dataset {d.name!r} has {n} images in split "
              f"{d.train_split!r}: PCA gives at most one component per image")
 

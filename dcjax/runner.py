@@ -38,7 +38,6 @@ from dcjax.config_lib import (
     apply_eval_protocol,
     resolve_auto,
     resume_changes,
-    validate,
     validate_against_data,
 )
 from dcjax.data import pipeline
@@ -50,6 +49,7 @@ from dcjax.evaluate.representations import NetworkEmbedding
 from dcjax.features import progress
 from dcjax.sharding import default_mesh
 from dcjax.stopping import Diverged, Interrupted, NoSpace, StopSignal
+from dcjax.validation import validate
 from dcjax.view_cache import ViewCache, files_fingerprint
 from dcjax.workdir import WorkdirError, WorkdirLock, check_workdir, create_workdir
 from dcjax.writers import MetricWriter

@@ -216,3 +216,15 @@ class ViewCache:
 
 def _mib(nbytes: int) -> str:
     return f"{nbytes / 2**20:,.1f} MiB"
+
+
+def check_config(config) -> None:
+    """config.data.view_cache and view_cache_share; ConfigError naming the bad one."""
+    from dcjax.config_lib import finite, require
+
+    d = config.data
+    require(d.view_cache in MODES, f"config.data.view_cache={d.view_cache!r} must be one of "
+            f"{MODES}")
+    share = d.view_cache_share
+    require(finite(share) and 0 < share <= 1, f"config.data.view_cache_share={share!r} must be "
+            f"in (0, 1]")

@@ -1,12 +1,14 @@
 """A bad configuration stops before any work with one sentence naming the field."""
 
+import re
 import subprocess
 import sys
 
 import pytest
 from conftest import ROOT, make_config
 
-from dcjax.config_lib import ConfigError, load_config_file, validate, validate_against_data
+from dcjax.config_lib import ConfigError, load_config_file, validate_against_data
+from dcjax.validation import validate
 
 
 def config(name, arg=None):
@@ -72,27 +74,40 @@ def test_cosine_schedule_needs_its_length():
     validate(c, num_devices=4)
 
 
-def test_allowed_values_are_the_implementations_own():
-    from dcjax import config_lib
-    from dcjax.clustering import BACKENDS
-    from dcjax.clustering.kmeans import PRECISION_NAMES
+def test_config_lib_is_a_foundation_and_each_component_checks_its_own_values():
+    """config_lib imports no other dcjax module (a fresh interpreter loads only it); the allowed
+    values in the errors are the implementations' own."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
     from dcjax.clustering.sampler import SAMPLERS
     from dcjax.evaluate.knn import WEIGHTS
 
-    assert config_lib.PRECISION_NAMES is PRECISION_NAMES and config_lib.BACKENDS is BACKENDS
-    assert config_lib.SAMPLERS is SAMPLERS and config_lib.KNN_WEIGHTS is WEIGHTS
+    loaded = subprocess.run([sys.executable, "-c", "import sys, dcjax.config_lib; print(sorted("
+                             "m for m in sys.modules if m.startswith('dcjax')))"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "['dcjax', 'dcjax.config_lib']"
+    for field, value, allowed in (("clustering.sampler", "x", SAMPLERS),
+                                  ("eval.knn_weights", "x", WEIGHTS)):
+        c = digits()
+        section, key = field.split(".")
+        c[section][key] = value
+        with pytest.raises(ConfigError, match=re.escape(f"must be one of {allowed}")):
+            validate(c, num_devices=4)
 
 
 def test_opencv_decoder_needs_opencv(monkeypatch):
     import importlib.util
 
-    from dcjax import config_lib
+    from dcjax.data import checks
 
     c = digits()
     c.data.decoder = "opencv"
     validate(c, num_devices=4)
     real = importlib.util.find_spec
-    monkeypatch.setattr(config_lib.importlib.util, "find_spec",
+    monkeypatch.setattr(checks.importlib.util, "find_spec",
                         lambda name, *a: None if name == "cv2" else real(name, *a))
     with pytest.raises(ConfigError, match="config.data.decoder='opencv' needs OpenCV"):
         validate(c, num_devices=4)

@@ -88,13 +88,14 @@ def test_arrays_and_other_crops_are_refused():
 
 
 def test_config_refuses_dali_where_it_is_not_installed(monkeypatch):
-    from dcjax import config_lib
+    from dcjax import config_lib, validation
+    from dcjax.data import checks
 
     c = make_config(**{"data.loader": "dali"})
-    config_lib.validate(c, num_devices=4)
-    monkeypatch.setattr(config_lib, "dali_available", lambda: False)
+    validation.validate(c, num_devices=4)
+    monkeypatch.setattr(checks, "dali_available", lambda: False)
     with pytest.raises(config_lib.ConfigError, match="config.data.loader='dali' needs NVIDIA DALI"):
-        config_lib.validate(c, num_devices=4)
+        validation.validate(c, num_devices=4)
 
 
 def test_training_with_dali(tmp_path, capsys):

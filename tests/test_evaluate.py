@@ -358,7 +358,7 @@ def test_center_view_probe_and_its_table(trained_run):
 
 
 def test_bad_linear_views_is_a_config_error():
-    from dcjax.config_lib import validate
+    from dcjax.validation import validate
 
     with pytest.raises(ConfigError, match="linear_views"):
         validate(digits_smoke(**{"eval.linear_views": "tencrop"}))
@@ -406,7 +406,8 @@ def test_multi_view_test_averages_the_softmax_not_the_logits():
 
 
 def test_reference_protocol_sets_eval_linears_fields_but_not_the_given_ones():
-    from dcjax.config_lib import REFERENCE_PROBE, apply_eval_protocol, validate
+    from dcjax.config_lib import REFERENCE_PROBE, apply_eval_protocol
+    from dcjax.validation import validate
 
     c = digits_smoke()
     apply_eval_protocol(c)

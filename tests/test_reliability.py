@@ -25,7 +25,7 @@ from conftest import ROOT, make_config
 from PIL import Image
 from test_train import final_params
 
-from dcjax import cli, config_lib
+from dcjax import cli, config_lib, validation
 from dcjax.checkpoint import Checkpointer, CheckpointError, CheckpointMismatch
 from dcjax.config_lib import (
     FROZEN,
@@ -124,7 +124,7 @@ def test_unknown_fields_and_bad_config_files_are_diagnosed(tmp_path):
 ])
 def test_non_finite_rates_and_a_single_cluster_are_refused(overrides, text):
     with pytest.raises(ConfigError, match=re.escape(text)):
-        config_lib.validate(smoke(**overrides))
+        validation.validate(smoke(**overrides))
 
 
 def test_pca_dim_above_the_number_of_images_is_refused():

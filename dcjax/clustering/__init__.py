@@ -27,6 +27,23 @@ from dcjax.sharding import available_memory
 BACKENDS = ("jax", "faiss", "auto")
 
 
+def check_config(config) -> None:
+    """config.clustering's backend, precision and sampler; ConfigError naming the first bad one."""
+    from dcjax.clustering.sampler import SAMPLERS
+    from dcjax.config_lib import require
+
+    cl = config.clustering
+    require(cl.backend in BACKENDS, f"config.clustering.backend={cl.backend!r} must be one of "
+            f"{BACKENDS}")
+    require(cl.precision in PRECISION_NAMES, f"config.clustering.precision={cl.precision!r} must "
+            f"be one of {PRECISION_NAMES}")
+    require(not cl.precision.startswith("tf32") or jax.devices()[0].platform == "gpu",
+            f"config.clustering.precision={cl.precision!r} needs GPU devices; use 'highest' or "
+            "a bf16 one")
+    require(cl.sampler in SAMPLERS, f"config.clustering.sampler={cl.sampler!r} must be one of "
+            f"{SAMPLERS}")
+
+
 def run_kmeans(features, k: int, *, backend: str = "jax", iterations: int = 20, seed: int = 0,
                chunk_size: int = 8192, mesh: Mesh | None = None, valid: np.ndarray | None = None,
                verbose: bool = False, precision: str = "highest",

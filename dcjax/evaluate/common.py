@@ -18,7 +18,6 @@ from dcjax.config_lib import (
     ConfigError,
     base_config,
     resolve_auto,
-    validate,
     validate_against_data,
 )
 from dcjax.data.datasets import DatasetInfo, open_split
@@ -26,6 +25,7 @@ from dcjax.data.prepare import ensure_embedded
 from dcjax.models import from_config
 from dcjax.sharding import default_mesh, replicated, rows
 from dcjax.step import create_train_state
+from dcjax.validation import validate
 
 INITS = ("trained", "random")
 

@@ -31,11 +31,12 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from dcjax.config_lib import ConfigError, apply_eval_protocol, validate_eval
+from dcjax.config_lib import ConfigError, apply_eval_protocol
 from dcjax.evaluate.common import Splits, load_network
 from dcjax.evaluate.linear import linear_probe, pixel_probe
 from dcjax.evaluate.protocols import clustering_protocol, final_comparison, knn_protocol
 from dcjax.evaluate.representations import Pixels, Representation
+from dcjax.evaluate.settings import check_config as check_eval_config
 
 FEATURES = ("network", "pixels")
 Poll = Callable[[int, int], None]
@@ -82,7 +83,7 @@ class Evaluator:
             if "protocol" in overrides:
                 apply_eval_protocol(own, {f"eval.{f}" for f in overrides})
         try:
-            validate_eval(own, 1)
+            check_eval_config(own, 1)
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
         return own

@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from dcjax.models import interop
 from dcjax.models.alexnet import IMAGENET_CONVS, SMALL_WIDTHS, AlexNet, ConvSpec, small_convs
 from dcjax.models.sobel import sobel_filter
 from dcjax.models.vgg import VGG16
@@ -22,10 +23,12 @@ from dcjax.models.vgg import VGG16
 @dataclasses.dataclass(frozen=True)
 class Architecture:
     """`build(num_classes, image_size, widths, **common)` -> the module; `sizes` the input sides
-    (pixels, inclusive range) the geometry is made for."""
+    (pixels, inclusive range) the geometry is made for; `widths`: how many conv widths
+    config.model.widths takes (0: the reference widths only)."""
 
     build: Callable[..., nn.Module]
     sizes: tuple[int, int]
+    widths: int = 0
 
 
 def _alexnet(num_classes, image_size, widths, **common):
@@ -47,11 +50,35 @@ def _vgg16(num_classes, image_size, widths, **common):
 
 REGISTRY: dict[str, Architecture] = {
     "alexnet": Architecture(_alexnet, (224, 224)),
-    "alexnet_small": Architecture(_alexnet_small, (28, 64)),
+    "alexnet_small": Architecture(_alexnet_small, (28, 64), widths=5),
     "vgg16": Architecture(_vgg16, (224, 224)),
 }
 # name -> the input sizes (pixels, inclusive range) the architecture's geometry is made for.
 ARCHITECTURES: dict[str, tuple[int, int]] = {name: a.sizes for name, a in REGISTRY.items()}
+DTYPES = ("float32", "bfloat16")  # config.model.dtype
+BN_VARIANCES = ("fast", "two_pass")  # config.model.bn_variance
+
+
+def check_config(config: Any) -> None:
+    """config.model's values (and the input size it needs); ConfigError naming the first bad one."""
+    from dcjax.config_lib import require
+
+    m, d = config.model, config.data
+    require(m.name in REGISTRY,
+            f"config.model.name={m.name!r} is not a known architecture ({', '.join(REGISTRY)})")
+    lo, hi = REGISTRY[m.name].sizes
+    require(lo <= d.image_size <= hi,
+            f"config.data.image_size={d.image_size} does not fit {m.name}, built for {lo}-{hi} px")
+    require(m.dtype in DTYPES, f"config.model.dtype={m.dtype!r} must be one of {DTYPES}")
+    require(m.bn_variance in BN_VARIANCES, f"config.model.bn_variance={m.bn_variance!r} must be "
+            f"one of {BN_VARIANCES}")
+    require(0.0 <= m.dropout < 1.0, f"config.model.dropout={m.dropout} must be in [0, 1)")
+    takes = REGISTRY[m.name].widths
+    require(not m.widths or (takes and len(m.widths) == takes),
+            f"config.model.widths={tuple(m.widths)} needs alexnet_small and 5 values")
+    require(not m.init or interop.is_network_dir(m.init),
+            f"config.model.init={m.init!r} is not a folder written by python -m dcjax.convert "
+            f"(network.npz, network.json)")
 
 
 def create_model(
