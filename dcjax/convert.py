@@ -88,7 +88,7 @@ def main(argv: list[str]) -> None:
             raise ConvertError("--to_torch needs --workdir=RUN")
         import jax
 
-        from dcjax.evaluate.common import config_from_run, load_network
+        from dcjax.runs import config_from_run, load_network
 
         config = config_from_run(f.workdir)
         if config.model.name not in ARCHS:

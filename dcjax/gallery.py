@@ -178,7 +178,7 @@ def gallery(workdir: str, export: str | None = None, out: str | None = None, str
             clusters_per_index: int = 200) -> tuple[Path, dict]:
     from dcjax.data.datasets import open_split
     from dcjax.data.prepare import ensure_embedded
-    from dcjax.evaluate.common import config_from_run
+    from dcjax.runs import config_from_run
 
     for name, value in (("strip", strip), ("per_page", per_page), ("thumb", thumb),
                         ("clusters_per_index", clusters_per_index)):

@@ -76,10 +76,10 @@ def predict(workdir: str, source: str, out: str, features: str | None = None,
     """Writes `out` (and `features`); returns the number of images predicted and the skipped ones."""
     from dcjax.checkpoint import Checkpointer
     from dcjax.data import pipeline
-    from dcjax.evaluate.common import config_from_run, load_network
     from dcjax.export import load_clustering
     from dcjax.features import extract
     from dcjax.pseudolabels import nearest_centroids
+    from dcjax.runs import config_from_run, load_network
     from dcjax.sharding import default_mesh
     from dcjax.step import make_feature_fn
 

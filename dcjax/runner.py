@@ -47,6 +47,7 @@ from dcjax.evaluate import evaluators
 from dcjax.evaluate.common import Splits
 from dcjax.evaluate.representations import NetworkEmbedding
 from dcjax.features import progress
+from dcjax.runs import saved_config
 from dcjax.sharding import default_mesh
 from dcjax.stopping import Diverged, Interrupted, NoSpace, StopSignal
 from dcjax.validation import validate
@@ -202,24 +203,6 @@ def setup(config: ml_collections.ConfigDict, workdir: str, given: Iterable[str] 
               eval_view_cache=eval_view_cache, k_from_images=k_from_images)
     run.method = method_class(run)
     return run
-
-
-def saved_config(workdir: Path) -> dict | None:
-    """The config a workdir's checkpoints were written with (config.json, else the newest
-    checkpoint's metadata), or None when the workdir has no checkpoint."""
-    ckpt_dir = workdir / "checkpoints"
-    steps = sorted((int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()),
-                   reverse=True) if ckpt_dir.is_dir() else []
-    if not steps:
-        return None
-    for path in [workdir / "config.json"] + [ckpt_dir / str(s) / "meta" / "metadata" for s in steps]:
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        return record.get("config", record) if path.name == "metadata" else record
-    raise WorkdirError(f"--workdir={workdir} has checkpoints but no readable config.json: cannot "
-                       f"tell which config wrote them; use a new --workdir")
 
 
 def check_resume(run: Run) -> list[tuple]:

@@ -292,7 +292,7 @@ def test_command_line_errors_are_one_line(tmp_path, trained_run):
 
 
 def test_missing_checkpoint_is_a_config_error(tmp_path):
-    from dcjax.evaluate.common import load_network
+    from dcjax.runs import load_network
 
     with pytest.raises(ConfigError, match="no checkpoint"):
         load_network(digits_smoke(), tmp_path, "trained")

@@ -196,7 +196,7 @@ def test_without_top_layer_and_bad_state_dicts(tmp_path):
 
 def test_evaluate_and_training_take_a_converted_network(tmp_path):
     from dcjax.config_lib import ConfigError
-    from dcjax.evaluate.common import load_network
+    from dcjax.runs import load_network
     from dcjax.validation import validate
 
     sd = {k: v.numpy() for k, v in randomised("alexnet", k=10).state_dict().items()}

@@ -15,8 +15,8 @@ import pytest
 from conftest import ROOT, make_config
 
 from dcjax.data.datasets import open_split
-from dcjax.evaluate.common import config_from_run, load_network
 from dcjax.evaluate.run import evaluate
+from dcjax.runs import config_from_run, load_network
 from dcjax.train import train_and_evaluate
 
 # Re-clustering every 2 epochs: both epochs train on the epoch-0 pseudo-labels, so the comparison

@@ -32,11 +32,12 @@ import numpy as np
 from jax.sharding import Mesh
 
 from dcjax.config_lib import ConfigError, apply_eval_protocol
-from dcjax.evaluate.common import Splits, load_network
+from dcjax.evaluate.common import Splits
 from dcjax.evaluate.linear import linear_probe, pixel_probe
 from dcjax.evaluate.protocols import clustering_protocol, final_comparison, knn_protocol
 from dcjax.evaluate.representations import Pixels, Representation
 from dcjax.evaluate.settings import check_config as check_eval_config
+from dcjax.runs import load_network
 
 FEATURES = ("network", "pixels")
 Poll = Callable[[int, int], None]

@@ -46,8 +46,9 @@ from jax.sharding import Mesh
 from dcjax.clustering.pca import apply_pca, fit_pca
 from dcjax.data import pipeline
 from dcjax.data.pipeline import loader_options, normalize
-from dcjax.evaluate.common import Network, Splits, rows_sharding
+from dcjax.evaluate.common import Splits, rows_sharding
 from dcjax.features import progress
+from dcjax.runs import Network
 from dcjax.sharding import check_features, put
 from dcjax.sharding import replicated as sharding_replicated
 

@@ -17,10 +17,11 @@ from dcjax.clustering import run_kmeans
 from dcjax.clustering.pca import apply_pca, pca_whiten
 from dcjax.data import pipeline
 from dcjax.data.pipeline import loader_options
-from dcjax.evaluate.common import Network, Splits
+from dcjax.evaluate.common import Splits
 from dcjax.evaluate.knn import knn_predict, l2_normalize
 from dcjax.evaluate.linear import pixel_arrays
 from dcjax.features import Features, extract
+from dcjax.runs import Network
 from dcjax.step import make_feature_fn
 
 

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from dcjax.evaluate.common import Network
+from dcjax.runs import Network
 
 
 @dataclasses.dataclass

@@ -66,6 +66,7 @@ def evaluate(config, workdir: str, protocol: str, init: str = "trained", feature
     from dcjax.config_lib import apply_eval_protocol
     from dcjax.evaluate import common, evaluators
     from dcjax.evaluate.representations import NetworkEmbedding
+    from dcjax.runs import load_network
     from dcjax.sharding import default_mesh
 
     apply_eval_protocol(config, given)
@@ -74,7 +75,7 @@ def evaluate(config, workdir: str, protocol: str, init: str = "trained", feature
     splits = common.open_splits(config, held_out_required=protocol != "comparison")
     net = None
     if features == "network":
-        net = common.load_network(config, workdir, init, step, mesh)
+        net = load_network(config, workdir, init, step, mesh)
     result = evaluator.run(NetworkEmbedding(net) if net is not None else None, splits, mesh)
     result = {"protocol": protocol, "init": init if net is not None else None,
               "features": features, "checkpoint_step": net.step if net is not None else None,

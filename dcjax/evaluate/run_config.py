@@ -4,7 +4,7 @@
 apply to the config the run was trained with.
 """
 
-from dcjax.evaluate.common import config_from_run
+from dcjax.runs import config_from_run
 
 
 def get_config(workdir: str):

@@ -98,7 +98,7 @@ class Method:
 
     # --------------------------------------------------------------------- evaluation, the end
     def network(self, state: Any):
-        """The evaluators' view of the network (dcjax.evaluate.common.Network), or None when the
+        """The evaluators' view of the network (dcjax.runs.Network), or None when the
         method has no network they can read."""
         return None
 

@@ -26,7 +26,6 @@ from dcjax.clustering import choose_backend, sample_epoch
 from dcjax.config_lib import ConfigError, few_images_per_cluster
 from dcjax.data import pipeline
 from dcjax.data.datasets import DatasetInfo, open_split
-from dcjax.evaluate.common import Network
 from dcjax.export import read_ids, write_export
 from dcjax.features import write_rows_fn
 from dcjax.methods.base import Method
@@ -39,6 +38,7 @@ from dcjax.plots import (
     write_epoch_plots,
 )
 from dcjax.pseudolabels import Clustering, cluster_network, clustering_seed
+from dcjax.runs import Network
 from dcjax.sharding import AXIS
 from dcjax.step import TrainState, create_train_state, make_feature_fn, make_train_step, reset_head
 

@@ -1,0 +1,120 @@
+"""Loading a run: its config, its checkpoints, its network. One module for every command that
+reads a run: the runner (resume), evaluate, export, predict, gallery and convert.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+from jax.sharding import Mesh
+
+from dcjax.checkpoint import Checkpointer, abstract_like
+from dcjax.config_lib import ConfigError, base_config
+from dcjax.models import from_config
+from dcjax.sharding import default_mesh, replicated
+from dcjax.step import create_train_state
+from dcjax.workdir import WorkdirError
+
+INITS = ("trained", "random")
+
+
+def config_from_run(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The config a run wrote to `workdir/config.json`, on top of today's defaults (so keys added
+    since, such as the eval section, get their default values)."""
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        raise ConfigError(f"--workdir={Path(workdir)} is not a dcjax run: it has no config.json "
+                          f"(a run's directory holds config.json, checkpoints/ and export/)")
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e})") from e
+    config = base_config()
+    _merge(config, saved)
+    return config
+
+
+def _merge(config: ml_collections.ConfigDict, saved: dict) -> None:
+    for key, value in saved.items():
+        if isinstance(value, dict) and key in config and isinstance(config[key], ml_collections.ConfigDict):
+            _merge(config[key], value)
+        elif key in config and isinstance(config[key], tuple):
+            config[key] = tuple(value)
+        else:
+            with config.unlocked():
+                config[key] = value
+
+
+@dataclasses.dataclass
+class Network:
+    model: Any
+    params: Any
+    batch_stats: Any
+    step: int | None  # the checkpoint's step; None for the random initialisation
+    epochs_trained: int = 0  # epochs completed when the checkpoint was written
+
+    @property
+    def variables(self) -> tuple:
+        return self.params, self.batch_stats
+
+
+def load_network(config: ml_collections.ConfigDict, workdir: str | Path, init: str = "trained",
+                 step: int | None = None, mesh: Mesh | None = None) -> Network:
+    """The run's network: its latest (or `step`) checkpoint, or with init='random' the same
+    architecture at the run's own initialisation (config.seed), i.e. the paper's "random" row, or
+    with init=DIR a network converted by `python -m dcjax.convert` (its top layer, when absent or
+    of another k, at the run's initialisation)."""
+    from dcjax.models import interop
+
+    if init not in INITS and not interop.is_network_dir(init):
+        raise ConfigError(f"--init={init!r} must be one of {INITS} or a folder written by "
+                          f"python -m dcjax.convert")
+    mesh = mesh or default_mesh()
+    model = from_config(config, config.clustering.k)
+    state = jax.jit(lambda: create_train_state(model, config, jax.random.key(config.seed)),
+                    out_shardings=replicated(mesh))()
+    if init == "random":
+        return Network(model, state.params, state.batch_stats, None)
+    if init not in INITS:
+        params, stats = interop.load_into(init, state.params, state.batch_stats)
+        return Network(model, jax.device_put(params, replicated(mesh)),
+                       jax.device_put(stats, replicated(mesh)), None)
+    directory = Path(workdir) / "checkpoints"
+    ckpt = Checkpointer(directory)
+    try:
+        steps = ckpt.steps()
+        if not steps:
+            raise ConfigError(f"no checkpoint in {directory}; train first, or use --init=random")
+        if step is not None and step not in steps:
+            raise ConfigError(f"--step={step} is not a checkpoint in {directory} (it has {steps})")
+        restored = ckpt.restore_latest(abstract_like(state), step=step)
+    finally:
+        ckpt.close()
+    if restored is None:
+        raise ConfigError(f"no readable checkpoint in {directory}")
+    found, state, _, meta = restored
+    epochs = int(meta["epoch"]) + 1 if meta.get("epoch_done") else int(meta["epoch"])
+    return Network(model, state.params, state.batch_stats, found, epochs)
+
+
+def saved_config(workdir: Path) -> dict | None:
+    """The config a workdir's checkpoints were written with (config.json, else the newest
+    checkpoint's metadata), or None when the workdir has no checkpoint."""
+    ckpt_dir = workdir / "checkpoints"
+    steps = sorted((int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()),
+                   reverse=True) if ckpt_dir.is_dir() else []
+    if not steps:
+        return None
+    for path in [workdir / "config.json"] + [ckpt_dir / str(s) / "meta" / "metadata" for s in steps]:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        return record.get("config", record) if path.name == "metadata" else record
+    raise WorkdirError(f"--workdir={workdir} has checkpoints but no readable config.json: cannot "
+                       f"tell which config wrote them; use a new --workdir")
