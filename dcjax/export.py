@@ -167,7 +167,7 @@ def export_checkpoint(workdir: str, step: int | None = None, out: str | None = N
                       config: ml_collections.ConfigDict | None = None) -> Path:
     """Clusters the run's checkpoint (latest or `step`) and writes its export; returns the folder."""
     from dcjax.data.datasets import open_split
-    from dcjax.data.prepare import ensure_embedded
+    from dcjax.data.importer import ensure_embedded
     from dcjax.features import write_rows_fn
     from dcjax.pseudolabels import cluster_network
     from dcjax.runs import config_from_run, load_network

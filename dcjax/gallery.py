@@ -177,7 +177,7 @@ def gallery(workdir: str, export: str | None = None, out: str | None = None, str
             per_page: int = 200, thumb: int = 128,
             clusters_per_index: int = 200) -> tuple[Path, dict]:
     from dcjax.data.datasets import open_split
-    from dcjax.data.prepare import ensure_embedded
+    from dcjax.data.importer import ensure_embedded
     from dcjax.runs import config_from_run
 
     for name, value in (("strip", strip), ("per_page", per_page), ("thumb", thumb),

@@ -41,7 +41,7 @@ class FileSource:
 def list_images(source: str) -> list[tuple[str, Path]]:
     """(name, path) of each image of a folder (by extension, at any depth, hidden files aside;
     named relative to the folder), an image file, or a comma-separated list of files."""
-    from dcjax.data.prepare import is_image_name
+    from dcjax.data.layout import is_image_name
 
     root = Path(source).expanduser()
     if root.is_dir():

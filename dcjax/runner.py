@@ -42,7 +42,7 @@ from dcjax.config_lib import (
 )
 from dcjax.data import pipeline
 from dcjax.data.datasets import DataError, DatasetInfo, open_split
-from dcjax.data.prepare import ensure_embedded
+from dcjax.data.importer import ensure_embedded
 from dcjax.evaluate import evaluators
 from dcjax.evaluate.common import Splits
 from dcjax.evaluate.representations import NetworkEmbedding

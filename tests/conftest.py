@@ -19,7 +19,7 @@ def data_dir(tmp_path_factory) -> str:
     """A fresh TFDS data dir for the whole session (the embedded digits get imported into it)."""
     path = str(tmp_path_factory.mktemp("tfds"))
     os.environ["DCJAX_DATA_DIR"] = path
-    from dcjax.data.prepare import ensure_embedded
+    from dcjax.data.importer import ensure_embedded
 
     ensure_embedded("digits", path)
     return path

@@ -13,7 +13,8 @@ from PIL import Image
 
 from dcjax.data import pipeline
 from dcjax.data.datasets import DataError, open_split
-from dcjax.data.prepare import prepare, read_idx
+from dcjax.data.importer import prepare
+from dcjax.data.sources import read_idx
 
 VIEW = pipeline.ViewConfig(image_size=16, resize_size=16)
 
@@ -119,7 +120,7 @@ def test_truncated_idx_file_is_a_clear_error(tmp_path):
 
 
 def test_digits_are_prepared_on_first_use(tmp_path):
-    from dcjax.data.prepare import ensure_embedded
+    from dcjax.data.importer import ensure_embedded
 
     with pytest.raises(DataError, match="--source=digits"):
         open_split("digits", "train", str(tmp_path))
@@ -340,8 +341,8 @@ def test_imagenet_tarballs_with_resized_copy(tmp_path):
     import tarfile
 
     from dcjax.data.datasets import open_split
+    from dcjax.data.importer import prepare
     from dcjax.data.pipeline import decode_image
-    from dcjax.data.prepare import prepare
 
     rng = np.random.default_rng(0)
     wnids = ["n01440764", "n02102040"]

@@ -15,7 +15,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from dcjax.clustering.kmeans import init_centroids
 from dcjax.config_lib import ConfigError
-from dcjax.data.prepare import prepare
+from dcjax.data.importer import prepare
 from dcjax.evaluate.knn import knn_predict
 from dcjax.evaluate.linear import Pooling, adaptive_matrix, choose_pooling
 from dcjax.evaluate.protocols import cluster_quality

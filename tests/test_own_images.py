@@ -15,7 +15,7 @@ from PIL import Image
 
 from dcjax.config_lib import auto_k, load_config_file
 from dcjax.data.datasets import DataError, open_split
-from dcjax.data.prepare import prepare
+from dcjax.data.importer import prepare
 
 # Three colour families, so that even a barely trained network has clusters to find.
 COLOURS = ((200, 30, 30), (30, 200, 30), (30, 30, 200))

@@ -37,7 +37,7 @@ from dcjax.config_lib import (
 )
 from dcjax.data import images, pipeline
 from dcjax.data.datasets import DataError
-from dcjax.data.prepare import prepare
+from dcjax.data.importer import prepare
 from dcjax.stopping import Diverged
 from dcjax.workdir import WorkdirError, WorkdirLock, check_workdir
 
@@ -380,8 +380,9 @@ def test_exif_orientation_is_applied_at_import_and_read(tmp_path):
     shown = pipeline.decode_image(buf.getvalue())
     assert shown.shape == (40, 20, 3)
     assert shown[:20, :, 0].mean() > 200 and shown[20:, :, 0].mean() < 50  # red on top
-    stored = images.decode_bytes(__import__("dcjax.data.prepare", fromlist=["x"])
-                                 .checked_image_bytes(buf.getvalue()))
+    from dcjax.data.sources import checked_image_bytes
+
+    stored = images.decode_bytes(checked_image_bytes(buf.getvalue()))
     with Image.open(io.BytesIO(buf.getvalue())) as im:
         assert im.size == (40, 20)  # the file itself is stored sideways
     assert stored.shape == shown.shape  # stored upright

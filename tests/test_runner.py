@@ -230,7 +230,7 @@ def test_a_real_full_disk_is_one_line_exit_4_and_loses_nothing(tmp_path):
 
 if __name__ == "__main__":
     os.environ.setdefault("DCJAX_DATA_DIR", str(Path(sys.argv[1]).parent / "tfds"))
-    from dcjax.data.prepare import ensure_embedded
+    from dcjax.data.importer import ensure_embedded
 
     ensure_embedded("digits", os.environ["DCJAX_DATA_DIR"])
     config = toy_config(int(sys.argv[2]), checkpoint_every_steps=7)

@@ -13,7 +13,7 @@ from conftest import make_config
 from dcjax import view_cache
 from dcjax.data import pipeline
 from dcjax.data.datasets import open_split
-from dcjax.data.prepare import ensure_embedded
+from dcjax.data.importer import ensure_embedded
 from dcjax.features import extract
 from dcjax.models import from_config
 from dcjax.sharding import default_mesh

@@ -48,7 +48,7 @@ flags.DEFINE_string("shared_data", str(Path(__file__).resolve().parents[3] / "sh
 
 def _dataset(name: str, tarball: str):
     from dcjax.data.datasets import DataError, open_split
-    from dcjax.data.prepare import prepare
+    from dcjax.data.importer import prepare
 
     try:
         return open_split(name, "train")[0]

@@ -4,7 +4,7 @@ Two kinds of dataset are read the same way:
   * those imported by `dcjax.data.prepare` (`<data_dir>/<name>/1.0.0/` with `import_report.json`);
   * those TFDS builds itself (imagenet2012 from the manual download, cifar10, imagenette, ...), once
     prepared in ArrayRecord format (`file_format='array_record'`) in the same data dir.
-The embedded default, `digits`, is imported by `dcjax.data.prepare.ensure_embedded`, which the
+The embedded default, `digits`, is imported by `dcjax.data.importer.ensure_embedded`, which the
 entry points call first (reading never imports: this module does not depend on `prepare`).
 """
 

@@ -19,7 +19,7 @@ from dcjax.config_lib import (
     validate_against_data,
 )
 from dcjax.data.datasets import DatasetInfo, open_split
-from dcjax.data.prepare import ensure_embedded
+from dcjax.data.importer import ensure_embedded
 from dcjax.sharding import rows
 from dcjax.validation import validate
 
