@@ -35,7 +35,7 @@ class ConfigError(ValueError):
 FROZEN = (
     "method", "seed", "batch_size", "reassign",
     "data.name", "data.train_split", "data.image_size", "data.resize_size", "data.crop_scale",
-    "data.flip",
+    "data.flip", "data.views",
     "model.name", "model.sobel", "model.fc_dim", "model.widths", "model.dropout", "model.dtype",
     "model.init", "model.bn_variance",
     "clustering.k", "clustering.pca_dim", "clustering.iterations", "clustering.sampler",
@@ -85,6 +85,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.resize_size = 256
     c.data.crop_scale = (0.08, 1.0)  # RandomResizedCrop area fraction (the reference's)
     c.data.flip = True
+    # Multi-crop: the training views of each record as (count, image_size, (min_scale, max_scale))
+    # groups, e.g. ((2, 224, (0.14, 1.0)), (6, 96, (0.05, 0.14))); () = one view of image_size and
+    # crop_scale (data.pipeline.view_configs). For methods that train on several views.
+    c.data.views = ()
     c.data.num_threads = 8  # grain threads per process (each builds whole batches)
     c.data.num_workers = 0  # grain worker processes per host (0: threads only)
     c.data.prefetch = 8  # batches
@@ -205,8 +209,13 @@ def flat_fields(config: Any, prefix: str = "") -> dict[str, Any]:
         if isinstance(value, (dict, ml_collections.ConfigDict)):
             out.update(flat_fields(value, f"{prefix}{key}."))
         else:
-            out[prefix + key] = list(value) if isinstance(value, tuple) else value
+            out[prefix + key] = _plain(value)
     return out
+
+
+def _plain(value: Any) -> Any:
+    """Tuples and lists, at any depth, as lists (how a config's JSON holds them)."""
+    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
 def resume_changes(saved: dict, requested: ml_collections.ConfigDict) -> tuple[list, list]:

@@ -217,6 +217,64 @@ def test_training_view_is_reproducible_and_resumable():
     np.testing.assert_array_equal(np.concatenate([h["image"] for h in halves]), full[0]["image"])
 
 
+@pytest.mark.parametrize("decoder", ["pil", "fast"])
+def test_multi_crop_views_are_configuration(decoder):
+    """config.data.views gives a tuple of views per record, each of its own size and crop range;
+    the first is the single-view run's view, the others their own draws, and a resumed epoch sees
+    the same views."""
+    from conftest import make_config
+
+    c = make_config(**{"data.views": ((2, 32, (0.3, 1.0)), (3, 16, (0.05, 0.3)))})
+    views = pipeline.view_configs(c)
+    assert [(v.image_size, v.crop_scale) for v in views] == \
+        [(32, (0.3, 1.0))] * 2 + [(16, (0.05, 0.3))] * 3
+    source, _ = open_split("digits", "train")
+    indices = np.random.default_rng(2).permutation(len(source))[:96]
+    full = list(pipeline.train_batches(source, indices, views, 32, seed=5, decoder=decoder))
+    assert len(full) == 3 and all(len(b["image"]) == 5 for b in full)
+    assert [v.shape for v in full[0]["image"]] == [(32, 32, 32, 3)] * 2 + [(32, 16, 16, 3)] * 3
+    single = next(pipeline.train_batches(source, indices, pipeline.view_config(c), 32, seed=5,
+                                         decoder=decoder))
+    np.testing.assert_array_equal(full[0]["image"][0], single["image"])  # view 0 = the one view
+    assert not np.array_equal(full[0]["image"][0], full[0]["image"][1])  # its own draw
+    resumed = next(pipeline.train_batches(source, indices, views, 32, seed=5, start_batch=2,
+                                          decoder=decoder))
+    for a, b in zip(full[2]["image"], resumed["image"]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_views_are_checked_and_deepcluster_takes_one():
+    from conftest import make_config
+
+    from dcjax import runner
+    from dcjax.config_lib import ConfigError, flat_fields
+    from dcjax.validation import validate
+
+    for bad in (((2, 224),), ((0, 96, (0.05, 0.14)),), ((2, 96, (0.5, 0.1)),)):
+        with pytest.raises(ConfigError, match=r"config.data.views: .* must be \(count >= 1"):
+            validate(make_config(**{"data.views": bad}), num_devices=4)
+    c = make_config(**{"data.views": ((2, 32, (0.3, 1.0)), (2, 28, (0.05, 0.3)))})
+    validate(c, num_devices=4)
+    import json
+
+    assert flat_fields(json.loads(c.to_json())) == flat_fields(c)  # resumes compare equal
+    with pytest.raises(ConfigError, match="DeepCluster trains on one view per image"):
+        runner.setup(c, "/nonexistent/run")
+
+
+def test_every_decoder_and_dali_take_box_and_flip_from_draw_view(photo_jpegs):
+    """The DALI loader's crop plan is draw_view's box and flip for the same (seed, position)."""
+    from dcjax.data import dali_loader
+
+    view = pipeline.ViewConfig(image_size=64, resize_size=64)
+    for position, data in enumerate(photo_jpegs[:8]):
+        _, anchor, shape, flip = dali_loader.crop_plan(data, view, 11, position)
+        h, w = dali_loader.image_size_of(data)
+        d = pipeline.draw_view(h, w, view, np.random.default_rng(pipeline.view_seed(11, position, 0)))
+        assert (tuple(anchor), tuple(shape), bool(flip)) == ((d.left, d.top), (d.width, d.height),
+                                                             d.flip)
+
+
 def test_random_resized_crop_box_respects_scale_and_ratio():
     rng = np.random.default_rng(0)
     for _ in range(500):

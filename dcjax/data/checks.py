@@ -7,7 +7,7 @@ import importlib.util
 
 from dcjax.config_lib import require
 from dcjax.data.dali_loader import available as dali_available
-from dcjax.data.pipeline import DECODERS, LOADERS
+from dcjax.data.pipeline import DECODERS, LOADERS, check_views
 
 
 def check_config(config) -> None:
@@ -20,3 +20,6 @@ def check_config(config) -> None:
     require(d.loader in LOADERS, f"config.data.loader={d.loader!r} must be one of {LOADERS}")
     require(d.loader != "dali" or dali_available(), "config.data.loader='dali' needs NVIDIA DALI: "
             "pip install nvidia-dali-cuda120 (or -cuda130), or -r requirements-dali.txt")
+    check_views(config)
+    require(d.loader != "dali" or not d.get("views", ()), "config.data.views: the DALI loader makes "
+            "one view per image; multi-crop views need config.data.loader='grain'")

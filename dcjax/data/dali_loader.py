@@ -4,7 +4,7 @@ on the GPU, fed by the host-side sampler's index array (docs/design.md section 6
 What stays on the host is what makes a run exact and resumable: for each image of each batch the
 host reads the stored bytes (ArrayRecord, by index), reads its size from the header and draws its
 RandomResizedCrop box and flip with the same function and random stream as the grain path
-(`np.random.default_rng([seed, position])`, `pipeline.random_resized_crop_box`). So both loaders
+(`np.random.default_rng(pipeline.view_seed(seed, position, 0))`, `pipeline.draw_view`). So both loaders
 crop the same boxes and flip the same images, and a run resumed at any batch sees what an
 uninterrupted one would have seen. DALI does the pixel work: `fn.decoders.image_slice` decodes
 only the box (nvJPEG's ROI decode with `device='mixed'` on GPUs, libjpeg-turbo on the CPU),
@@ -33,8 +33,9 @@ from dcjax.data.pipeline import (
     Batch,
     ViewConfig,
     _host_batches,
+    draw_view,
     num_train_batches,
-    random_resized_crop_box,
+    view_seed,
 )
 
 
@@ -70,12 +71,11 @@ def crop_plan(value: Any, view: ViewConfig, seed32: int, position: int):
     if not isinstance(value, (bytes, np.bytes_)):
         raise ValueError("the DALI loader reads encoded images; this dataset stores arrays "
                          "(use config.data.loader='grain')")
-    rng = np.random.default_rng([seed32, position])
+    rng = np.random.default_rng(view_seed(seed32, position, 0))
     h, w = image_size_of(value)
-    top, left, ch, cw = random_resized_crop_box(h, w, rng, view.crop_scale, view.crop_ratio)
-    flip = bool(view.flip and rng.random() < 0.5)
-    return (np.frombuffer(bytes(value), np.uint8), np.array([left, top], np.float32),
-            np.array([cw, ch], np.float32), np.array(int(flip), np.int32))
+    d = draw_view(h, w, view, rng)
+    return (np.frombuffer(bytes(value), np.uint8), np.array([d.left, d.top], np.float32),
+            np.array([d.width, d.height], np.float32), np.array(int(d.flip), np.int32))
 
 
 def _pipeline(view: ViewConfig, batch: int, num_threads: int, prefetch: int, device_id,

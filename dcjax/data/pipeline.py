@@ -72,10 +72,46 @@ def translate_crop_box(h: int, w: int, view: ViewConfig,
 
 
 def view_config(config: Any) -> ViewConfig:
-    """The views `config.data` describes."""
+    """The view `config.data` describes: the deterministic view's geometry and the (first)
+    training view."""
     d = config.data
     return ViewConfig(image_size=d.image_size, resize_size=d.resize_size,
                       crop_scale=tuple(d.crop_scale), flip=d.flip)
+
+
+def view_configs(config: Any) -> tuple[ViewConfig, ...]:
+    """The training views of each record, in order: config.data.views, a tuple of
+    (count, image_size, (min_scale, max_scale)) groups (multi-crop: two 224 px views of 14-100% of
+    the image and six 96 px views of 5-14% are ((2, 224, (0.14, 1.0)), (6, 96, (0.05, 0.14)))),
+    or, when it is empty, the one view of `view_config`."""
+    base = view_config(config)
+    groups = tuple(config.data.get("views", ()) or ())
+    if not groups:
+        return (base,)
+    return tuple(dataclasses.replace(base, image_size=int(size), crop_scale=tuple(scale))
+                 for count, size, scale in groups for _ in range(int(count)))
+
+
+def view_seed(seed32: int, position: int, view_index: int) -> list[int]:
+    """The random stream of view `view_index` of the image at `position` of the epoch: the first
+    view's is [seed, position] (as single-view runs always drew it), the others' [seed, position,
+    view_index]."""
+    return [seed32, position] if view_index == 0 else [seed32, position, view_index]
+
+
+def check_views(config: Any) -> None:
+    """config.data.views' groups; ConfigError naming the bad one."""
+    from dcjax.config_lib import require
+
+    for group in tuple(config.data.get("views", ()) or ()):
+        ok = (isinstance(group, (tuple, list)) and len(group) == 3
+              and isinstance(group[0], int) and group[0] >= 1
+              and isinstance(group[1], int) and group[1] >= 1
+              and isinstance(group[2], (tuple, list)) and len(group[2]) == 2
+              and 0.0 < group[2][0] <= group[2][1] <= 1.0)
+        require(ok, f"config.data.views: {tuple(group) if isinstance(group, list) else group!r} "
+                    f"must be (count >= 1, image_size >= 1, (min_scale, max_scale)) with "
+                    f"0 < min_scale <= max_scale <= 1")
 
 
 def loader_options(config: Any) -> dict:
@@ -194,6 +230,33 @@ def random_resized_crop_box(h: int, w: int, rng: np.random.Generator,
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
+@dataclasses.dataclass(frozen=True)
+class Draw:
+    """One augmented view's random choices, in source pixels: the crop box (top, left, height,
+    width; for 'translate' crops a square window that may leave the image) and the flip."""
+
+    top: float
+    left: float
+    height: float
+    width: float
+    flip: bool
+
+
+def draw_view(h: int, w: int, view: ViewConfig, rng: np.random.Generator) -> Draw:
+    """The crop box and the flip of one augmented view of an h x w image, drawn once from `rng`
+    (box first, then flip). Every path that makes the training view (train_view on a full decode,
+    fast_train_view and region_train_view on partial JPEG decodes, the DALI loader) takes its
+    box and flip from here, so all crop the same boxes and flip the same images."""
+    if view.crop == "translate":
+        top, left, side = translate_crop_box(h, w, view, rng)
+        box = (top, left, side, side)
+    elif view.crop == "resized":
+        box = random_resized_crop_box(h, w, rng, view.crop_scale, view.crop_ratio)
+    else:
+        raise ValueError(f"view crop {view.crop!r} must be one of {CROPS}")
+    return Draw(*box, flip=bool(view.flip and rng.random() < 0.5))
+
+
 Resampler = Callable[[np.ndarray, tuple[int, int], tuple[float, float, float, float]], np.ndarray]
 
 
@@ -203,18 +266,13 @@ def train_view(image: np.ndarray, view: ViewConfig, rng: np.random.Generator,
     `_warp`) and a random horizontal flip: [S, S, 3] uint8."""
     h, w = image.shape[:2]
     size = (view.image_size, view.image_size)
-    if view.crop == "translate":
-        top, left, side = translate_crop_box(h, w, view, rng)
-        pad = int(math.ceil(max(0.0, -top, -left, top + side - h, left + side - w)))
-        if pad:
-            image = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
-        out = resize(image, size, (left + pad, top + pad, left + pad + side, top + pad + side))
-    elif view.crop == "resized":
-        top, left, ch, cw = random_resized_crop_box(h, w, rng, view.crop_scale, view.crop_ratio)
-        out = resize(image, size, (left, top, left + cw, top + ch))
-    else:
-        raise ValueError(f"view crop {view.crop!r} must be one of {CROPS}")
-    if view.flip and rng.random() < 0.5:
+    d = draw_view(h, w, view, rng)
+    top, left, ch, cw = d.top, d.left, d.height, d.width
+    pad = int(math.ceil(max(0.0, -top, -left, top + ch - h, left + cw - w)))  # translate only
+    if pad:
+        image = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+    out = resize(image, size, (left + pad, top + pad, left + pad + cw, top + pad + ch))
+    if d.flip:
         out = out[:, ::-1]
     return np.ascontiguousarray(out)
 
@@ -249,12 +307,13 @@ def fast_train_view(value: Any, view: ViewConfig, rng: np.random.Generator,
     if colorspace not in ("YCbCr", "Gray"):
         return train_view(decode_image(value), view, rng, resize)
     size = view.image_size
-    top, left, ch, cw = random_resized_crop_box(h, w, rng, view.crop_scale, view.crop_ratio)
+    d = draw_view(h, w, view, rng)
+    top, left, ch, cw = d.top, d.left, d.height, d.width
     f = _power_of_two_scale(h, w, h * size / ch, w * size / cw)
     image = simplejpeg.decode_jpeg(value, colorspace="RGB", min_height=-(-h // f),
                                    min_width=-(-w // f))
     out = resize(image, (size, size), (left / f, top / f, (left + cw) / f, (top + ch) / f))
-    if view.flip and rng.random() < 0.5:
+    if d.flip:
         out = out[:, ::-1]
     return np.ascontiguousarray(out)
 
@@ -289,7 +348,8 @@ def region_train_view(value: Any, view: ViewConfig, rng: np.random.Generator) ->
         return fast_train_view(value, view, rng, _warp)
     w, h, _ = head
     size = view.image_size
-    top, left, ch, cw = random_resized_crop_box(h, w, rng, view.crop_scale, view.crop_ratio)
+    d = draw_view(h, w, view, rng)
+    top, left, ch, cw = d.top, d.left, d.height, d.width
     num, den = _scale_for(h, w, ch, cw, size)
     sw, sh = jpeg_region.scaled_size(w, h, num, den)
     s = num / den
@@ -305,7 +365,7 @@ def region_train_view(value: Any, view: ViewConfig, rng: np.random.Generator) ->
     else:
         x, y, pixels = decoded
         out = _warp(pixels, (size, size), (box[0] - x, box[1] - y, box[2] - x, box[3] - y))
-    if view.flip and rng.random() < 0.5:
+    if d.flip:
         out = _opencv().flip(out, 1)  # = out[:, ::-1], 40x faster than numpy's strided copy
     return np.ascontiguousarray(out)
 
@@ -366,11 +426,14 @@ class _BatchSource:
         records = self._read([int(i) for i in np.maximum(index, 0)])
         images = None
         for i, (r, p) in enumerate(zip(records, self._positions[b])):
-            image = self._transform(r["image"], int(p))
-            if images is None:  # one buffer per batch, each view written into its slot
-                images = np.empty((len(records), *image.shape), image.dtype)
-            images[i] = image
-        return {"image": images,
+            views = self._transform(r["image"], int(p))
+            if not isinstance(views, tuple):
+                views = (views,)
+            if images is None:  # one buffer per batch and view, each image written into its slot
+                images = tuple(np.empty((len(records), *v.shape), v.dtype) for v in views)
+            for buffer, v in zip(images, views):
+                buffer[i] = v
+        return {"image": images[0] if len(images) == 1 else images,
                 "label": np.array([int(r.get("label", -1)) for r in records], np.int32),
                 "index": index.astype(np.int32),
                 "mask": index >= 0}
@@ -421,16 +484,18 @@ def num_train_batches(num_indices: int, global_batch: int) -> int:
     return num_indices // global_batch
 
 
-def train_batches(source: Any, indices: np.ndarray, view: ViewConfig, global_batch: int, *,
-                  seed: int, start_batch: int = 0, process_index: int = 0, process_count: int = 1,
-                  num_threads: int = 2, prefetch: int = 4, num_workers: int = 0,
-                  decoder: str = "fast") -> Iterator[Batch]:
+def train_batches(source: Any, indices: np.ndarray, view: ViewConfig | Sequence[ViewConfig],
+                  global_batch: int, *, seed: int, start_batch: int = 0, process_index: int = 0,
+                  process_count: int = 1, num_threads: int = 2, prefetch: int = 4,
+                  num_workers: int = 0, decoder: str = "fast") -> Iterator[Batch]:
     """Augmented views of `source[indices]` in the given order, full batches only.
 
     Batches `start_batch`, `start_batch + 1`, ... of the epoch; image randomness depends only on
-    (`seed`, position in `indices`). `decoder`: 'fast' (`fast_train_view`: JPEGs decoded at the
-    resolution the crop needs), 'opencv' (`region_train_view`: only the crop's rows and columns
-    decoded, resampled by OpenCV) or 'pil' (`train_view` on the full decode); same crops and flips.
+    (`seed`, position in `indices`, view index: `view_seed`). With a sequence of views
+    (`view_configs`, multi-crop) each batch's image is a tuple, one [b, S_i, S_i, 3] array per view;
+    with one view, the array. `decoder`: 'fast' (`fast_train_view`: JPEGs decoded at the resolution
+    the crop needs), 'opencv' (`region_train_view`: only the crop's rows and columns decoded,
+    resampled by OpenCV) or 'pil' (`train_view` on the full decode); same crops and flips.
     """
     if decoder not in DECODERS:
         raise ValueError(f"decoder {decoder!r} must be one of {DECODERS}")
@@ -441,13 +506,22 @@ def train_batches(source: Any, indices: np.ndarray, view: ViewConfig, global_bat
                                     process_index, process_count)
     seed32 = int(seed) & 0xFFFFFFFF
 
-    def augment(value: Any, position: int) -> np.ndarray:
-        rng = np.random.default_rng([seed32, position])
+    views = (view,) if isinstance(view, ViewConfig) else tuple(view)
+    decoded = decoder == "pil" and len(views) > 1  # decode once for all views
+
+    def one(value: Any, v: ViewConfig, rng: np.random.Generator) -> np.ndarray:
         if decoder == "fast":
-            return fast_train_view(value, view, rng)
+            return fast_train_view(value, v, rng)
         if decoder == "opencv":
-            return region_train_view(value, view, rng)
-        return train_view(decode_image(value), view, rng)
+            return region_train_view(value, v, rng)
+        return train_view(value if decoded else decode_image(value), v, rng)
+
+    def augment(value: Any, position: int) -> np.ndarray | tuple[np.ndarray, ...]:
+        if decoded:
+            value = decode_image(value)
+        out = tuple(one(value, v, np.random.default_rng(view_seed(seed32, position, i)))
+                    for i, v in enumerate(views))
+        return out[0] if len(out) == 1 else out
 
     batches = _BatchSource(source, rows, positions, augment)
     ds = grain.MapDataset.source(batches)[start_batch:]

@@ -113,6 +113,10 @@ class DeepCluster(Method):
             choice, reason = choose_backend(num_images, c.clustering.pca_dim, mesh=run.mesh,
                                             across_processes=jax.process_count() > 1)
             print(f"k-means: {choice} ({reason}; config.clustering.backend='auto')")
+        if len(pipeline.view_configs(c)) > 1:
+            raise ConfigError(f"config.data.views={tuple(c.data.views)}: DeepCluster trains on one "
+                              f"view per image (image_size, crop_scale); leave config.data.views "
+                              f"empty")
         self.model = from_config(c, c.clustering.k)
         if c.clustering.pca_dim > self.model.feature_dim:
             raise ConfigError(f"config.clustering.pca_dim={c.clustering.pca_dim} exceeds the width "
