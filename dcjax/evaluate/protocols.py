@@ -159,7 +159,9 @@ def final_comparison(config: ml_collections.ConfigDict, networks: dict[str, Netw
                   chunk_size=cl.chunk_size)
     out: dict[str, Any] = {"k": num_classes, "split": split, "images": len(source),
                            "restarts": COMPARISON_RESTARTS,
-                           "features": "fc7 (before its ReLU), L2-normalised"}
+                           "features": ", ".join(sorted({
+                               f"{net.model.embedding_description}, L2-normalised"
+                               for net in networks.values()})) or "pixels"}
     for name, net in networks.items():
         feature_fn = jax.jit(make_feature_fn(net.model))
         f = embedding_features(config, feature_fn, net.variables, source, mesh, f"{name} features",

@@ -385,9 +385,10 @@ class DeepCluster(Method):
                 ("raw pixels", "pixels")]
         run.print(f"final nmi_labels (k-means, k={result['k']} = the classes, the "
                   f"{result['images']} images of split {split!r}, mean of {result['restarts']} "
-                  f"initialisations; fc7 L2-normalised): " + ", ".join(
+                  f"initialisations; {self.model.embedding_name} L2-normalised): " + ", ".join(
                       f"{label} {result[key]['nmi']:.4f} (sd {result[key]['nmi_std']:.4f})"
                       for label, key in rows if key in result))
-        run.print("  the same on ReLU(fc7), what the classifier reads: " + ", ".join(
+        run.print(f"  the same on ReLU({self.model.embedding_name}), what the classifier reads: "
+                  + ", ".join(
             f"{label} {result[key]['after_relu']['nmi']:.4f}" for label, key in rows[:2]))
         return out

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from dcjax.models import interop
 from dcjax.models.alexnet import IMAGENET_CONVS, SMALL_WIDTHS, AlexNet, ConvSpec, small_convs
+from dcjax.models.resnet import ResNet, resnet
 from dcjax.models.sobel import sobel_filter
 from dcjax.models.vgg import VGG16
 
@@ -48,10 +49,24 @@ def _vgg16(num_classes, image_size, widths, **common):
     return VGG16(num_classes=num_classes, **common)
 
 
+def _resnet(depth: int, cifar_stem: bool):
+    def build(num_classes, image_size, widths, *, sobel, dtype, bn_two_pass, **_unused):
+        # fc_dim and dropout are AlexNet / VGG fields: a ResNet's width is its own (feature_dim).
+        return resnet(depth, num_classes, cifar_stem=cifar_stem, sobel=sobel, dtype=dtype,
+                      bn_two_pass=bn_two_pass, widths=widths)
+
+    return build
+
+
 REGISTRY: dict[str, Architecture] = {
     "alexnet": Architecture(_alexnet, (224, 224)),
     "alexnet_small": Architecture(_alexnet_small, (28, 64), widths=5),
     "vgg16": Architecture(_vgg16, (224, 224)),
+    "resnet18": Architecture(_resnet(18, False), (64, 512)),
+    "resnet50": Architecture(_resnet(50, False), (64, 512)),
+    # The CIFAR stem (3x3/1 conv, no max-pool) for 28-64 px inputs, as solo-learn uses.
+    "resnet18_cifar": Architecture(_resnet(18, True), (28, 64)),
+    "resnet50_cifar": Architecture(_resnet(50, True), (28, 64)),
 }
 # name -> the input sizes (pixels, inclusive range) the architecture's geometry is made for.
 ARCHITECTURES: dict[str, tuple[int, int]] = {name: a.sizes for name, a in REGISTRY.items()}
@@ -115,6 +130,7 @@ __all__ = [
     "ARCHITECTURES",
     "REGISTRY",
     "AlexNet",
+    "ResNet",
     "Architecture",
     "ConvSpec",
     "VGG16",

@@ -56,7 +56,8 @@ BN_EPSILON = 1e-5
 #   'logits'    [B, num_classes], the top layer's scores;
 #   'embedding' [B, feature_dim] float32, the vector DeepCluster clusters (here fc7 before its ReLU);
 #   'layers'    {name: [B, H, W, C]}, the per-layer activations the linear probes read;
-# and it declares `feature_dim`, `embedding_name` (what results call the embedding), `layer_names`
+# and it declares `feature_dim`, `embedding_name` (what results call the embedding) and
+# `embedding_description` (one line for reports), `layer_names`
 # (the order of 'layers': a pytree's dict keys come back sorted, conv10 before conv2),
 # `layer_pooling(image_size)` (each probed layer's average pooling, or None for the probes' adaptive
 # default) and `first_filters(params)` (the first layer's kernel, for the filter plot).
@@ -139,6 +140,7 @@ class AlexNet(nn.Module):
         return self.fc_dim
 
     embedding_name = "fc7"
+    embedding_description = "fc7 (before its ReLU)"
 
     @property
     def layer_names(self) -> tuple[str, ...]:

@@ -52,6 +52,7 @@ class VGG16(nn.Module):
         return self.fc_dim
 
     embedding_name = "fc7"
+    embedding_description = "fc7 (before its ReLU)"
     layer_names = tuple(f"conv{i}" for i in range(1, 14))
 
     def layer_pooling(self, image_size: int) -> None:

@@ -1,0 +1,181 @@
+"""ResNet-18 / ResNet-50 (v1.5) against a PyTorch ResNet written here from the architecture table:
+the same weights and BatchNorm statistics (random) give the same output at every stage, the same
+pooled features and the same logits, in float32 (dcjax/models/resnet.py)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="PyTorch (the test oracle) is not installed")
+from torch import nn  # noqa: E402
+
+from dcjax.models import create_model  # noqa: E402
+from dcjax.models.resnet import DEPTHS, STAGES, WIDTHS  # noqa: E402
+from dcjax.models.sobel import SOBEL_X, SOBEL_Y  # noqa: E402
+
+
+class Block(nn.Module):
+    def __init__(self, cin, width, stride, bottleneck):
+        super().__init__()
+        self.bottleneck = bottleneck
+        out = width * (4 if bottleneck else 1)
+        if bottleneck:
+            self.convs = nn.ModuleList([nn.Conv2d(cin, width, 1, bias=False),
+                                        nn.Conv2d(width, width, 3, stride, 1, bias=False),
+                                        nn.Conv2d(width, out, 1, bias=False)])
+        else:
+            self.convs = nn.ModuleList([nn.Conv2d(cin, width, 3, stride, 1, bias=False),
+                                        nn.Conv2d(width, width, 3, 1, 1, bias=False)])
+        self.bns = nn.ModuleList([nn.BatchNorm2d(c.out_channels) for c in self.convs])
+        self.down = None
+        if stride != 1 or cin != out:
+            self.down = nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False),
+                                      nn.BatchNorm2d(out))
+
+    def forward(self, x):
+        y = x
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+            y = bn(conv(y))
+            if i < len(self.convs) - 1:
+                y = torch.relu(y)
+        return torch.relu(y + (self.down(x) if self.down is not None else x))
+
+
+class TorchResNet(nn.Module):
+    """torchvision's ResNet v1.5 layout, from the table in dcjax/models/resnet.py."""
+
+    def __init__(self, depth, num_classes, cifar_stem, sobel):
+        super().__init__()
+        self.sobel = sobel
+        cin = 2 if sobel else 3
+        self.cifar_stem = cifar_stem
+        self.conv1 = (nn.Conv2d(cin, 64, 3, 1, 1, bias=False) if cifar_stem
+                      else nn.Conv2d(cin, 64, 7, 2, 3, bias=False))
+        self.bn1 = nn.BatchNorm2d(64)
+        bottleneck = depth >= 50
+        self.stages = nn.ModuleList()
+        c = 64
+        for s, (width, blocks) in enumerate(zip(WIDTHS, DEPTHS[depth])):
+            stage = []
+            for b in range(blocks):
+                stage.append(Block(c, width, 2 if (s > 0 and b == 0) else 1, bottleneck))
+                c = width * (4 if bottleneck else 1)
+            self.stages.append(nn.Sequential(*stage))
+        self.top_layer = nn.Linear(c, num_classes)
+
+    def forward(self, x):
+        if self.sobel:
+            gray = x.mean(1, keepdim=True)
+            kernel = torch.from_numpy(np.stack([SOBEL_X, SOBEL_Y])[:, None])
+            x = nn.functional.conv2d(gray, kernel, padding=1)
+        x = torch.relu(self.bn1(self.conv1(x)))
+        if not self.cifar_stem:
+            x = nn.functional.max_pool2d(x, 3, 2, 1)
+        out = {}
+        for name, stage in zip(STAGES, self.stages):
+            x = stage(x)
+            out[name] = x
+        out["pool"] = x.mean((2, 3))
+        out["logits"] = self.top_layer(out["pool"])
+        return out
+
+
+def randomized(variables, seed=0):
+    """Random BatchNorm scales, biases and running statistics (init has 1, 0, 0, 1)."""
+    rng = np.random.default_rng(seed)
+    params = jax.tree.map(np.array, variables["params"])  # writable copies
+    stats = jax.tree.map(np.array, variables["batch_stats"])
+    for name in stats:
+        stats[name]["mean"] = rng.normal(0, 0.5, stats[name]["mean"].shape).astype(np.float32)
+        stats[name]["var"] = rng.uniform(0.5, 2.0, stats[name]["var"].shape).astype(np.float32)
+        params[name]["scale"] = rng.uniform(0.5, 1.5, params[name]["scale"].shape).astype(np.float32)
+        params[name]["bias"] = rng.normal(0, 0.2, params[name]["bias"].shape).astype(np.float32)
+    params["top_layer"]["kernel"] = rng.normal(0, 0.05, params["top_layer"]["kernel"].shape
+                                               ).astype(np.float32)
+    return params, stats
+
+
+def load_into_torch(net, params, stats):
+    def conv(module, kernel):  # HWIO -> OIHW
+        module.weight.data = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))
+
+    def bn(module, name):
+        module.weight.data = torch.from_numpy(params[name]["scale"])
+        module.bias.data = torch.from_numpy(params[name]["bias"])
+        module.running_mean.data = torch.from_numpy(stats[name]["mean"])
+        module.running_var.data = torch.from_numpy(stats[name]["var"])
+
+    conv(net.conv1, params["conv1"]["kernel"])
+    bn(net.bn1, "bn1")
+    for stage_name, stage in zip(STAGES, net.stages):
+        for b, block in enumerate(stage):
+            prefix = f"{stage_name}_{b}"
+            for i, (c, m) in enumerate(zip(block.convs, block.bns), start=1):
+                conv(c, params[f"{prefix}_conv{i}"]["kernel"])
+                bn(m, f"{prefix}_bn{i}")
+            if block.down is not None:
+                conv(block.down[0], params[f"{prefix}_downsample_conv"]["kernel"])
+                bn(block.down[1], f"{prefix}_downsample_bn")
+    net.top_layer.weight.data = torch.from_numpy(np.ascontiguousarray(params["top_layer"]["kernel"].T))
+    net.top_layer.bias.data = torch.from_numpy(params["top_layer"]["bias"])
+
+
+def relative(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+@pytest.mark.parametrize("name,size,sobel", [
+    ("resnet18_cifar", 32, False),
+    pytest.param("resnet18", 64, False, marks=pytest.mark.slow),
+    pytest.param("resnet50", 96, True, marks=pytest.mark.slow),
+    pytest.param("resnet50_cifar", 32, False, marks=pytest.mark.slow)])
+def test_resnet_matches_a_pytorch_resnet_at_every_stage(name, size, sobel):
+    depth = 50 if name.startswith("resnet50") else 18
+    model = create_model(name, 7, image_size=size, sobel=sobel)
+    x = np.random.default_rng(1).standard_normal((2, size, size, 3)).astype(np.float32)
+    variables = model.init({"params": jax.random.key(0)}, jnp.asarray(x))
+    params, stats = randomized(variables)
+    net = TorchResNet(depth, 7, name.endswith("_cifar"), sobel).eval()
+    load_into_torch(net, params, stats)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x.transpose(0, 3, 1, 2)))
+    v = {"params": params, "batch_stats": stats}
+    layers = model.apply(v, jnp.asarray(x), output="layers")
+    assert list(model.layer_names) == [*STAGES, "pool"]
+    for stage in STAGES:
+        got = np.asarray(layers[stage]).transpose(0, 3, 1, 2)
+        assert relative(got, want[stage].numpy()) < 1e-5, stage
+    pooled = model.apply(v, jnp.asarray(x), output="embedding")
+    assert pooled.shape == (2, model.feature_dim)
+    assert relative(pooled, want["pool"].numpy()) < 1e-5
+    np.testing.assert_array_equal(np.asarray(layers["pool"])[:, 0, 0], np.asarray(pooled))
+    assert relative(model.apply(v, jnp.asarray(x)), want["logits"].numpy()) < 1e-5
+
+
+def test_resnet_parameter_counts_equal_torchvisions():
+    """torchvision's resnet18 / resnet50 with 1,000 classes: 11,689,512 and 25,557,032 parameters
+    (3-channel stem); the Sobel stem has 2 input channels."""
+    for name, expected in (("resnet18", 11_689_512), ("resnet50", 25_557_032)):
+        for sobel, minus in ((False, 0), (True, 64 * 7 * 7)):
+            model = create_model(name, 1000, image_size=224, sobel=sobel)
+            shapes = jax.eval_shape(lambda m=model: m.init({"params": jax.random.key(0)},
+                                                          jnp.zeros((1, 224, 224, 3))))
+            count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
+            assert count == expected - minus, (name, sobel)
+
+
+@pytest.mark.slow
+def test_deepcluster_on_a_resnet_is_one_config_field(tmp_path):
+    """config.model.name='resnet18_cifar' is all a DeepCluster run changes: it clusters the pooled
+    512-d features, resets the ResNet's top layer and exports them."""
+    from conftest import make_config
+
+    from dcjax.runner import train_and_evaluate
+
+    c = make_config(**{"model.name": "resnet18_cifar", "model.widths": (), "data.eval_split": "",
+                       "pixel_baseline": False})
+    final = train_and_evaluate(c, str(tmp_path))
+    assert final["epoch"] == 0 and np.isfinite(final["loss"]) and final["nonempty_clusters"] >= 2
+    assert np.load(tmp_path / "export" / "features_fc7.npy").shape == (1438, 512)
