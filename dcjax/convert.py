@@ -1,6 +1,6 @@
 r"""Networks in and out of the official DeepCluster checkpoint layout (docs/interop.md).
 
-    python -m dcjax.convert --from_torch=checkpoint.pth.tar --arch=alexnet|vgg16 --out=DIR
+    python -m dcjax.convert --from_torch=checkpoint.pth.tar [--arch=alexnet|vgg16] --out=DIR
     python -m dcjax.convert --to_torch=FILE.pth --workdir=RUN [--step=N]
 
 `--from_torch` reads a PyTorch state dict in the official layout (`dcjax.models.interop`; a leading
@@ -22,6 +22,7 @@ import numpy as np
 from dcjax.models.interop import (
     ARCHS,
     ConvertError,
+    feature_indices,
     from_torch_state,
     save_network,
     to_torch_state,
@@ -37,7 +38,8 @@ def _torch():
     return torch
 
 
-def read_torch(path: str | Path) -> dict:
+def read_torch(path: str | Path) -> tuple[dict, str | None]:
+    """(state dict, the file's own `arch` field or None)."""
     torch = _torch()
     if not Path(path).exists():
         raise ConvertError(f"--from_torch={path}: no such file")
@@ -47,11 +49,33 @@ def read_torch(path: str | Path) -> dict:
         first = str(e).splitlines()[0] if str(e) else ""
         raise ConvertError(f"--from_torch={path} is not a readable PyTorch file "
                            f"({type(e).__name__}: {first})") from e
+    arch = None
     if isinstance(obj, dict) and "state_dict" in obj:
+        arch = obj.get("arch")
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise ConvertError(f"--from_torch={path} holds a {type(obj).__name__}, not a state dict")
-    return obj
+    return obj, (str(arch).lower() if arch else None)
+
+
+def choose_arch(path: str | Path, given: str | None, in_file: str | None, state: dict) -> str:
+    """The architecture to read `state` as: --arch when given, else the file's `arch` field, else
+    what the state dict's conv count says; a --arch the file contradicts is refused."""
+    if in_file is not None and in_file not in ARCHS:
+        raise ConvertError(f"--from_torch={path} is a {in_file!r} checkpoint; dcjax reads the "
+                           f"official layout of {' and '.join(ARCHS)}")
+    if given and in_file and given != in_file:
+        raise ConvertError(f"--arch={given} but --from_torch={path} says arch={in_file!r}; drop "
+                           f"--arch or give --arch={in_file}")
+    if given or in_file:
+        return given or in_file
+    convs = {k for k in state if k.removeprefix("module.").removeprefix("features.module.")
+             .startswith("features.") and k.endswith(".weight") and np.ndim(state[k]) == 4}
+    for arch in ARCHS:
+        if len(convs) == len(feature_indices(arch)):
+            return arch
+    raise ConvertError(f"--from_torch={path}: {len(convs)} conv layers match neither "
+                       f"{' nor '.join(ARCHS)}; give --arch")
 
 
 def write_torch(path: str | Path, state: dict[str, np.ndarray], arch: str, epoch: int) -> None:
@@ -78,7 +102,9 @@ def main(argv: list[str]) -> None:
         if f.from_torch:
             if not f.out:
                 raise ConvertError("--from_torch needs --out=DIR")
-            params, stats, info = from_torch_state(read_torch(f.from_torch), f.arch)
+            state, in_file = read_torch(f.from_torch)
+            arch = choose_arch(f.from_torch, f.arch, in_file, state)
+            params, stats, info = from_torch_state(state, arch)
             info["source"] = str(f.from_torch)
             save_network(f.out, params, stats, info)
             print(f"{info['arch']} (k={info['k']}, fc {info['fc_dim']}) written to {f.out}; use "
@@ -108,7 +134,8 @@ def _define_flags() -> None:
     from absl import flags
 
     flags.DEFINE_string("from_torch", None, "An official-layout .pth / .pth.tar to convert.")
-    flags.DEFINE_enum("arch", "alexnet", list(ARCHS), "The architecture of --from_torch.")
+    flags.DEFINE_enum("arch", None, list(ARCHS), "The architecture of --from_torch (default: the "
+                      "file's own arch field, else what its layers say).")
     flags.DEFINE_string("out", None, "Folder for the converted network (--from_torch).")
     flags.DEFINE_string("to_torch", None, "A .pth file to write the run's network to.")
     flags.DEFINE_string("workdir", None, "The run whose network --to_torch writes.")

@@ -120,8 +120,9 @@ def test_official_alexnet_checkpoint_gives_pytorchs_outputs(tmp_path):
              for k, v in net.state_dict().items()}
     path = tmp_path / "checkpoint.pth.tar"
     torch.save({"epoch": 3, "arch": "alexnet", "state_dict": state}, path)
+    # No --arch: the checkpoint's own arch field says it.
     run = subprocess.run([sys.executable, "-m", "dcjax.convert", f"--from_torch={path}",
-                          "--arch=alexnet", f"--out={tmp_path / 'net'}"], cwd=ROOT,
+                          f"--out={tmp_path / 'net'}"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "alexnet (k=10, fc 4096) written to" in run.stdout
@@ -133,6 +134,30 @@ def test_official_alexnet_checkpoint_gives_pytorchs_outputs(tmp_path):
     assert list(back) == list(net.state_dict())
     for key, value in net.state_dict().items():
         np.testing.assert_array_equal(back[key], value.numpy(), err_msg=key)
+
+
+def test_the_architecture_comes_from_the_file_and_a_contradicting_arch_is_one_line(tmp_path):
+    from dcjax.convert import choose_arch
+    from dcjax.models.interop import ConvertError
+
+    vgg = randomised("vgg16", fc=16).state_dict()
+    alex = randomised("alexnet", fc=16).state_dict()
+    assert choose_arch("f", None, None, vgg) == "vgg16"  # a bare state dict: by its conv layers
+    assert choose_arch("f", None, None, alex) == "alexnet"
+    assert choose_arch("f", None, "vgg16", vgg) == choose_arch("f", "vgg16", "vgg16", vgg) == "vgg16"
+    with pytest.raises(ConvertError, match=r"--arch=alexnet but --from_torch=f says "
+                                           r"arch='vgg16'; drop --arch or give --arch=vgg16"):
+        choose_arch("f", "alexnet", "vgg16", vgg)
+    with pytest.raises(ConvertError, match="is a 'resnet50' checkpoint"):
+        choose_arch("f", None, "resnet50", vgg)
+    path = tmp_path / "vgg.pth.tar"
+    torch.save({"epoch": 1, "arch": "vgg16", "state_dict": alex}, path)
+    run = subprocess.run([sys.executable, "-m", "dcjax.convert", f"--from_torch={path}",
+                          "--arch=alexnet", f"--out={tmp_path / 'o'}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1 and "says arch='vgg16'" in lines[0], run.stderr
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.slow
