@@ -1,6 +1,7 @@
 r"""Throughput of the input pipeline and of the train step, against references run in the same process.
 
     python -m dcjax.bench.models [--steps=10] [--batch_224=32] [--skip_torch] [--skip_pipeline]
+        [--models=alexnet,alexnet_small,resnet50] [--dtypes=float32,bfloat16]
 
 Prints two Markdown tables:
   * training view (decode + RandomResizedCrop + flip, grain with reader threads) in images/s on
@@ -38,7 +39,8 @@ flags.DEFINE_bool("skip_pipeline", False, "Do not measure the input pipeline.")
 flags.DEFINE_list("dtypes", ["float32"], "Compute dtypes of the train-step rows (bfloat16: "
                   "dcjax's config.model.dtype against PyTorch autocast).")
 flags.DEFINE_list("models", ["alexnet", "alexnet_small"], "Train-step rows: alexnet (224 px), "
-                  "alexnet_small (32 px).")
+                  "alexnet_small (32 px), resnet50 (224 px, Sobel, 10,000-way head as "
+                  "DeepCluster trains it; batch --batch_224).")
 flags.DEFINE_string("shared_data", str(Path(__file__).resolve().parents[3] / "shared" / "data"),
                     "Folder with cifar10-jpg.tar.gz and imagenette-128.tar.gz.")
 
@@ -156,15 +158,22 @@ def torch_device() -> str:
 
 
 def bench_torch_step(size: int, batch: int, k: int, widths=None, fc_dim=4096,
-                     dtype: str = "float32") -> float:
-    """Images/s of the reference network's SGD step; bfloat16 = autocast (float32 parameters)."""
+                     dtype: str = "float32", name: str = "alexnet") -> float:
+    """Images/s of the reference network's SGD step; bfloat16 = autocast (float32 parameters).
+    `name` resnet18 / resnet50: the PyTorch ResNet v1.5 (+ Sobel, k-way top layer) of
+    dcjax/bench/torch_resnet.py; otherwise the reference AlexNet-BN."""
     import contextlib
 
     import torch
 
     device = torch_device()
     torch.manual_seed(0)
-    net = _torch_reference(size, k, widths, fc_dim).to(device)
+    if name.startswith("resnet"):
+        from dcjax.bench.torch_resnet import TorchResNet
+
+        net = TorchResNet(int(name[6:8]), k, cifar_stem=False, sobel=True).to(device)
+    else:
+        net = _torch_reference(size, k, widths, fc_dim).to(device)
     body = [p for n, p in net.named_parameters() if p.requires_grad and not n.startswith("top")]
     opt = torch.optim.SGD(body, lr=0.05, momentum=0.9, weight_decay=1e-5)
     head_opt = torch.optim.SGD(net.top_layer.parameters(), lr=0.05, weight_decay=1e-5)
@@ -223,10 +232,11 @@ def main(argv):
     print("| model | batch | head k | dtype | BN variance | dcjax (jit) | PyTorch reference | "
           "dcjax / PyTorch |\n|---|---|---|---|---|---|---|---|")
     cases = {"alexnet": ("alexnet", 224, FLAGS.batch_224, 10000, None, 4096),
-             "alexnet_small": ("alexnet_small", 32, FLAGS.batch_32, 100, None, 2048)}
+             "alexnet_small": ("alexnet_small", 32, FLAGS.batch_32, 100, None, 2048),
+             "resnet50": ("resnet50", 224, FLAGS.batch_224, 10000, None, 4096)}
     for name, size, batch, k, widths, fc_dim in (cases[m] for m in FLAGS.models):
         for dtype in FLAGS.dtypes:
-            ref = (bench_torch_step(size, batch, k, widths, fc_dim, dtype) if torch_ok
+            ref = (bench_torch_step(size, batch, k, widths, fc_dim, dtype, name) if torch_ok
                    else float("nan"))
             for variance in FLAGS.bn_variances:
                 ours = network_rates(name, size, batch, k, FLAGS.steps, widths=widths,
