@@ -55,6 +55,12 @@ RESUMABLE = (
     "eval.linear_test_views", "eval.linear_test_every", "eval.protocol",
 )
 RESUMABLE_PREFIXES = ("evals.",)  # the evaluators, whatever their names
+FROZEN_PREFIXES = ("deepcluster_v2.",)  # DeepCluster-v2's method settings
+
+
+def is_frozen(field: str) -> bool:
+    """Whether `field` (a dotted path) is listed frozen (FROZEN, FROZEN_PREFIXES)."""
+    return field in FROZEN or field.startswith(FROZEN_PREFIXES)
 
 
 def is_resumable(field: str) -> bool:
@@ -149,6 +155,25 @@ def base_config() -> ml_collections.ConfigDict:
     # epoch, keeps head_lr (step.lr_scale).
     c.optim.lr_schedule = "constant"
     c.optim.lr_decay_epochs = 0  # 'cosine' only: > 0; frozen, so a longer run keeps the same decay
+
+    # DeepCluster-v2 (config.method='deepcluster_v2', dcjax/methods/deepcluster_v2.py): the
+    # reference's settings (swav's scripts/deepclusterv2_800ep_pretrain.sh).
+    c.deepcluster_v2 = ml_collections.ConfigDict()
+    c.deepcluster_v2.prototypes = (3000, 3000, 3000)  # k per head
+    c.deepcluster_v2.temperature = 0.1
+    c.deepcluster_v2.feat_dim = 128  # the projection's output
+    c.deepcluster_v2.hidden_dim = 2048  # the projection's hidden layer
+    c.deepcluster_v2.crops_for_assign = (0, 1)  # the views whose embeddings fill the memory bank
+    c.deepcluster_v2.kmeans_iterations = 10
+    c.deepcluster_v2.freeze_prototypes_niters = 300_000  # steps the prototypes stay as clustered
+    c.deepcluster_v2.lr = 4.8  # LARS, base rate of the warm-up + cosine schedule
+    c.deepcluster_v2.final_lr = 0.0048
+    c.deepcluster_v2.start_warmup = 0.3
+    c.deepcluster_v2.warmup_epochs = 10
+    c.deepcluster_v2.lr_epochs = 800  # the schedule's length (frozen; num_epochs may grow)
+    c.deepcluster_v2.weight_decay = 1e-6
+    c.deepcluster_v2.momentum = 0.9
+    c.deepcluster_v2.trust_coefficient = 0.001
 
     # Evaluation (python -m dcjax.evaluate; docs/design.md section 2, "Linear probe protocol").
     c.eval_every_epochs = 0  # > 0: run config.evals on eval_split every this many epochs

@@ -16,7 +16,8 @@ import importlib
 
 from dcjax.config_lib import ConfigError
 
-BUILT_IN = {"deepcluster": "dcjax.methods.deepcluster"}
+BUILT_IN = {"deepcluster": "dcjax.methods.deepcluster",
+            "deepcluster_v2": "dcjax.methods.deepcluster_v2"}
 _REGISTRY: dict[str, type] = {}
 
 

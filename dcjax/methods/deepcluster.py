@@ -341,54 +341,59 @@ class DeepCluster(Method):
         return out
 
     def compare(self, state: TrainState) -> dict:
-        """The end-of-run comparison (evaluate.protocols.final_comparison) on the held-out split
-        when there is a labelled one, else on the training split when it is labelled: summary.json's
-        final_nmi_labels (the trained network), random_init_nmi_labels (the same architecture at its
-        random initialisation, config.seed) and, with config.pixel_baseline,
-        pixel_kmeans_nmi_labels; the first two also on ReLU(fc7) (`*_after_relu`);
-        {'final_nmi_labels': None} without labels."""
-        from dcjax.evaluate.protocols import final_comparison
-
-        run = self.run
-        c, d = run.config, run.config.data
-        if run.info.num_classes < 2:
-            return {"final_nmi_labels": None}
-        # Extracted in batches of config.eval.batch_size, as `python -m dcjax.evaluate
-        # --protocol=comparison` does (the row layout, hence k-means' initial rows, follows the
-        # batch): the training split reads the loop's cache only when the two batches agree.
-        source, split, cached = run.source, d.train_split, (
-            run.view_cache if c.eval.batch_size == c.batch_size else None, c.eval.batch_size)
-        if d.eval_split and d.eval_split in run.info.split_sizes:
-            source = run.eval_source or open_split(d.name, d.eval_split, d.data_dir or None)[0]
-            split, cached = d.eval_split, (run.eval_view_cache, c.eval.batch_size)
+        """The end-of-run comparison with the random initialisation and the raw pixels
+        (`compare_with_baselines`)."""
         drawn = self.random_state()
-        networks = {"deepcluster": self.network(state),
-                    "random_init": Network(self.model, drawn.params, drawn.batch_stats, None)}
-        every = c.log_every_steps
-        result = final_comparison(
-            c, networks, source, split, run.info.num_classes, run.mesh,
-            pixels=bool(c.get("pixel_baseline", False)) and run.lead,
-            pixel_mesh=Mesh(np.array(jax.local_devices()), (AXIS,)),
-            on_batch=lambda done, total: run.stop.check("the final comparison", done, total, every),
-            on_pixel_iteration=lambda done, total: run.stop.check_local("the pixel baseline"),
-            cached=cached if cached[0] is not None else None)
-        run.print_cache_log()
-        if result is None:  # the split's images are not all labelled
-            return {"final_nmi_labels": None}
-        out = {"comparison": result, "final_nmi_labels": result["deepcluster"]["nmi"],
-               "random_init_nmi_labels": result["random_init"]["nmi"],
-               "final_nmi_labels_after_relu": result["deepcluster"]["after_relu"]["nmi"],
-               "random_init_nmi_labels_after_relu": result["random_init"]["after_relu"]["nmi"]}
-        if "pixels" in result:
-            out["pixel_kmeans_nmi_labels"] = result["pixels"]["nmi"]
-        rows = [("DeepCluster", "deepcluster"), ("random init", "random_init"),
-                ("raw pixels", "pixels")]
-        run.print(f"final nmi_labels (k-means, k={result['k']} = the classes, the "
-                  f"{result['images']} images of split {split!r}, mean of {result['restarts']} "
-                  f"initialisations; {self.model.embedding_name} L2-normalised): " + ", ".join(
-                      f"{label} {result[key]['nmi']:.4f} (sd {result[key]['nmi_std']:.4f})"
-                      for label, key in rows if key in result))
-        run.print(f"  the same on ReLU({self.model.embedding_name}), what the classifier reads: "
-                  + ", ".join(
-            f"{label} {result[key]['after_relu']['nmi']:.4f}" for label, key in rows[:2]))
-        return out
+        return compare_with_baselines(self.run, self.model, self.network(state),
+                                      Network(self.model, drawn.params, drawn.batch_stats, None))
+
+
+def compare_with_baselines(run: Any, model: Any, trained: Network, random_init: Network) -> dict:
+    """The end-of-run comparison (evaluate.protocols.final_comparison) on the held-out split when
+    there is a labelled one, else on the training split when it is labelled: summary.json's
+    final_nmi_labels (the trained network), random_init_nmi_labels (the same architecture at its
+    random initialisation, config.seed) and, with config.pixel_baseline, pixel_kmeans_nmi_labels;
+    the first two also after a ReLU (`*_after_relu`); {'final_nmi_labels': None} without labels.
+    For any method whose network keeps the model contract (its 'embedding' is what is scored)."""
+    from dcjax.evaluate.protocols import final_comparison
+
+    c, d = run.config, run.config.data
+    if run.info.num_classes < 2:
+        return {"final_nmi_labels": None}
+    # Extracted in batches of config.eval.batch_size, as `python -m dcjax.evaluate
+    # --protocol=comparison` does (the row layout, hence k-means' initial rows, follows the
+    # batch): the training split reads the loop's cache only when the two batches agree.
+    source, split, cached = run.source, d.train_split, (
+        run.view_cache if c.eval.batch_size == c.batch_size else None, c.eval.batch_size)
+    if d.eval_split and d.eval_split in run.info.split_sizes:
+        source = run.eval_source or open_split(d.name, d.eval_split, d.data_dir or None)[0]
+        split, cached = d.eval_split, (run.eval_view_cache, c.eval.batch_size)
+    networks = {"deepcluster": trained, "random_init": random_init}
+    every = c.log_every_steps
+    result = final_comparison(
+        c, networks, source, split, run.info.num_classes, run.mesh,
+        pixels=bool(c.get("pixel_baseline", False)) and run.lead,
+        pixel_mesh=Mesh(np.array(jax.local_devices()), (AXIS,)),
+        on_batch=lambda done, total: run.stop.check("the final comparison", done, total, every),
+        on_pixel_iteration=lambda done, total: run.stop.check_local("the pixel baseline"),
+        cached=cached if cached[0] is not None else None)
+    run.print_cache_log()
+    if result is None:  # the split's images are not all labelled
+        return {"final_nmi_labels": None}
+    out = {"comparison": result, "final_nmi_labels": result["deepcluster"]["nmi"],
+           "random_init_nmi_labels": result["random_init"]["nmi"],
+           "final_nmi_labels_after_relu": result["deepcluster"]["after_relu"]["nmi"],
+           "random_init_nmi_labels_after_relu": result["random_init"]["after_relu"]["nmi"]}
+    if "pixels" in result:
+        out["pixel_kmeans_nmi_labels"] = result["pixels"]["nmi"]
+    rows = [("DeepCluster", "deepcluster"), ("random init", "random_init"),
+            ("raw pixels", "pixels")]
+    run.print(f"final nmi_labels (k-means, k={result['k']} = the classes, the "
+              f"{result['images']} images of split {split!r}, mean of {result['restarts']} "
+              f"initialisations; {model.embedding_name} L2-normalised): " + ", ".join(
+                  f"{label} {result[key]['nmi']:.4f} (sd {result[key]['nmi_std']:.4f})"
+                  for label, key in rows if key in result))
+    run.print(f"  the same on ReLU({model.embedding_name}), what the classifier reads: "
+              + ", ".join(f"{label} {result[key]['after_relu']['nmi']:.4f}"
+                          for label, key in rows[:2]))
+    return out
