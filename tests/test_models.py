@@ -93,7 +93,7 @@ def test_small_alexnet_geometry(size, last, flat):
 
 def test_unknown_architecture_and_wrong_size_are_refused():
     with pytest.raises(ValueError, match="unknown architecture"):
-        create_model("resnet50", 10, image_size=224)
+        create_model("resnet101", 10, image_size=224)
     with pytest.raises(ValueError, match="224-224 px"):
         create_model("alexnet", 10, image_size=32)
 
