@@ -62,6 +62,7 @@ def v2_config(num_epochs=2, **overrides):
         "deepcluster_v2.start_warmup": 0.03, **overrides})
 
 
+@pytest.mark.slow
 def test_a_deepcluster_v2_epoch_through_the_runner(tmp_path):
     """The bank is filled before epoch 0 and clustered; the prototypes are the centroids and stay
     so while frozen; the loss and the records are those of the method."""

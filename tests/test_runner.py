@@ -105,6 +105,7 @@ def params_and_records(workdir: Path):
     return step, params, records
 
 
+@pytest.mark.slow
 def test_a_method_defined_outside_the_package_runs_through_the_runner(tmp_path):
     """Its records carry its own fields, its state is checkpointed as its own arrays, and a rerun
     of the finished run resumes from that state without training again."""
