@@ -170,7 +170,7 @@ def export_checkpoint(workdir: str, step: int | None = None, out: str | None = N
     from dcjax.data.importer import ensure_embedded
     from dcjax.features import write_rows_fn
     from dcjax.pseudolabels import cluster_network
-    from dcjax.runs import config_from_run, load_network
+    from dcjax.runs import check_same_images, config_from_run, load_network
     from dcjax.sharding import default_mesh
     from dcjax.step import make_feature_fn
 
@@ -180,6 +180,7 @@ def export_checkpoint(workdir: str, step: int | None = None, out: str | None = N
     source, info = open_split(d.name, d.train_split, d.data_dir or None)
     mesh = default_mesh()
     net = load_network(config, workdir, "trained", step, mesh)
+    check_same_images(workdir, net.step, config, len(source))
     epochs = net.epochs_trained
     clustering = cluster_network(config, jax.jit(make_feature_fn(net.model)), net.variables,
                                  source, mesh, int(config.seed) + epochs,

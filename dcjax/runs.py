@@ -107,6 +107,33 @@ def load_network(config: ml_collections.ConfigDict, workdir: str | Path, init: s
     return Network(model, state.params, state.batch_stats, found, epochs)
 
 
+def checkpoint_meta(workdir: str | Path, step: int) -> dict:
+    """The JSON metadata of checkpoint `step` (epoch, num_images, history, config), or {} when it
+    cannot be read."""
+    try:
+        return json.loads((Path(workdir) / "checkpoints" / str(step) / "meta" / "metadata")
+                          .read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def check_same_images(workdir: str | Path, step: int, config: ml_collections.ConfigDict,
+                      num_images: int) -> None:
+    """DataError unless the training split has the number of images checkpoint `step` was trained
+    on (as a resumed run requires): clusters of other images are not this run's."""
+    from dcjax.data.datasets import DataError
+
+    before = checkpoint_meta(workdir, step).get("num_images")
+    if before is not None and int(before) != num_images:
+        d = config.data
+        raise DataError(f"dataset {d.name!r} split {d.train_split!r} has {num_images} images now "
+                        f"but had {before} when checkpoint {step} of {workdir} was written: its "
+                        f"clusters are those of the old images. New images get them without "
+                        f"training: python -m dcjax.predict --workdir={workdir} --source=FOLDER "
+                        f"--out=FILE.csv; to cluster the whole grown set, train in a new "
+                        f"--workdir")
+
+
 def saved_config(workdir: Path) -> dict | None:
     """The config a workdir's checkpoints were written with (config.json, else the newest
     checkpoint's metadata), or None when the workdir has no checkpoint."""

@@ -308,6 +308,15 @@ def test_dataset_changed_since_the_checkpoint_is_refused(tmp_path):
     with pytest.raises(DataError, match="has 47 images now but had 40"):
         train_and_evaluate(c, str(tmp_path / "run"))
     assert snapshot(tmp_path / "run") == before
+    # export refuses as the run does, instead of re-clustering other images, and points to predict
+    from dcjax.export import export_checkpoint
+
+    with pytest.raises(DataError, match=r"has 47 images now but had 40 when checkpoint \d+ of .* "
+                                        r"was written: its clusters are those of the old images. "
+                                        r"New images get them without training: python -m "
+                                        r"dcjax.predict"):
+        export_checkpoint(str(tmp_path / "run"))
+    assert snapshot(tmp_path / "run") == before
 
 
 # ----------------------------------------------------------------------------- divergence
