@@ -41,7 +41,7 @@ from dcjax.config_lib import (
     validate_against_data,
 )
 from dcjax.data import pipeline
-from dcjax.data.datasets import DataError, DatasetInfo, open_split
+from dcjax.data.datasets import DataError, DatasetInfo, open_split, record_run
 from dcjax.data.importer import ensure_embedded
 from dcjax.evaluate import evaluators
 from dcjax.evaluate.common import Splits
@@ -364,6 +364,7 @@ def _train(run: Run, changes: list[tuple]) -> dict:
     try:
         if run.lead:
             (run.workdir / "config.json").write_text(c.to_json_best_effort(indent=1))
+            record_run(c.data.name, c.data.data_dir or None, run.workdir)
             if changes:
                 print("resuming with changed settings: " + ", ".join(
                     f"{field} {old!r} -> {new!r}" for field, old, new in changes))

@@ -74,6 +74,36 @@ def test_existing_dataset_is_not_overwritten_silently(tmp_path):
     prepare(str(tmp_path / "pets"), "pets", str(tmp_path / "tfds"), overwrite=True, verbose=False)
 
 
+def test_overwrite_names_the_runs_and_a_failed_import_keeps_the_old_dataset(tmp_path, capsys):
+    import json
+
+    from dcjax.data.datasets import dataset_dir, record_run
+
+    write_folder(tmp_path, corrupt=False)
+    tfds_dir = str(tmp_path / "tfds")
+    prepare(str(tmp_path / "pets"), "pets", tfds_dir, verbose=False)
+    before = len(open_split("pets", "train", tfds_dir)[0])
+    run = tmp_path / "runs" / "pets"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"data": {"name": "pets"}}))
+    record_run("pets", tfds_dir, run)
+    record_run("pets", tfds_dir, run)  # recorded once
+    record_run("pets", tfds_dir, tmp_path / "gone")  # not a run: not named
+    with pytest.raises(DataError, match="no such file or folder"):
+        prepare(str(tmp_path / "nothing"), "pets", tfds_dir, overwrite=True)
+    assert len(open_split("pets", "train", tfds_dir)[0]) == before  # the old dataset is back
+    assert sorted(p.name for p in dataset_dir("pets", tfds_dir).parent.iterdir()) == \
+        ["1.0.0", "runs.json"]
+    capsys.readouterr()
+    Image.fromarray(np.full((20, 20, 3), 90, np.uint8)).save(tmp_path / "pets" / "train" / "cat"
+                                                              / "extra.png")
+    prepare(str(tmp_path / "pets"), "pets", tfds_dir, overwrite=True)
+    out = capsys.readouterr().out
+    assert f"replacing dataset 'pets', which 1 run(s) trained on: {run}." in out
+    assert "python -m dcjax.predict" in out and str(tmp_path / "gone") not in out
+    assert len(open_split("pets", "train", tfds_dir)[0]) == before + 1
+
+
 def write_idx(path, array):
     codes = {np.dtype(np.uint8): 0x08}
     header = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(f">{array.ndim}I",

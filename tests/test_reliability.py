@@ -304,6 +304,9 @@ def test_dataset_changed_since_the_checkpoint_is_refused(tmp_path):
     _npz_dataset(tmp_path, "changing", 40)
     train_and_evaluate(c, str(tmp_path / "run"))
     before = snapshot(tmp_path / "run")
+    from dcjax.data.datasets import runs_using
+
+    assert runs_using("changing", None) == [str((tmp_path / "run").absolute())]  # the run is named
     _npz_dataset(tmp_path, "changing", 47)
     with pytest.raises(DataError, match="has 47 images now but had 40"):
         train_and_evaluate(c, str(tmp_path / "run"))

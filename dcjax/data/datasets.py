@@ -17,6 +17,7 @@ from typing import Any
 
 DATASET_VERSION = "1.0.0"
 REPORT_FILE = "import_report.json"
+RUNS_FILE = "runs.json"  # <data_dir>/<name>/runs.json: the workdirs that trained on the dataset
 EMBEDDED = ("digits",)
 
 
@@ -116,3 +117,38 @@ def open_split(name: str, split: str, data_dir: str | None = None) -> tuple[Any,
         raise DataError(f"dataset {name!r} split {split!r} holds {len(source)} records but its "
                         f"metadata says {info.split_sizes[split]}: the files are incomplete")
     return source, info
+
+
+def record_run(name: str, data_dir: str | None, workdir: str | Path) -> None:
+    """Adds `workdir` to the dataset's runs.json (beside its version folder, so an overwrite keeps
+    it); a data dir that cannot be written is left as it is."""
+    import json
+
+    path = Path(resolve_data_dir(data_dir)) / name / RUNS_FILE
+    try:
+        runs = json.loads(path.read_text()) if path.exists() else []
+        workdir = str(Path(workdir).absolute())
+        if workdir not in runs:
+            path.write_text(json.dumps(runs + [workdir], indent=1))
+    except (OSError, ValueError):
+        return
+
+
+def runs_using(name: str, data_dir: str | None) -> list[str]:
+    """The recorded workdirs that still hold checkpoints of a run on dataset `name`."""
+    import json
+
+    path = Path(resolve_data_dir(data_dir)) / name / RUNS_FILE
+    try:
+        runs = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    out = []
+    for workdir in runs:
+        try:
+            config = json.loads((Path(workdir) / "config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if config.get("data", {}).get("name") == name and (Path(workdir) / "checkpoints").is_dir():
+            out.append(workdir)
+    return out

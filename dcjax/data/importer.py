@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from dcjax.data.datasets import (
     DataError,
     dataset_dir,
     resolve_data_dir,
+    runs_using,
 )
 from dcjax.data.images import decode_error
 from dcjax.data.import_report import ImportReport
@@ -109,10 +111,34 @@ def prepare(source: str, name: str, data_dir: str | None = None, overwrite: bool
         raise DataError(f"--name={name!r}: use lowercase letters, digits and '_', starting with a letter")
     data_dir = resolve_data_dir(data_dir)
     target = dataset_dir(name, data_dir)
+    old = None
     if target.exists():
         if not overwrite:
             raise DataError(f"dataset {name!r} already exists at {target}; pass --overwrite to replace it")
-        shutil.rmtree(target)
+        users = runs_using(name, data_dir)
+        if users and verbose:
+            print(f"replacing dataset {name!r}, which {len(users)} run(s) trained on: "
+                  f"{', '.join(users)}. A run refuses to resume or export on a dataset whose image "
+                  f"count changed; its clusters stay those of the old images, and python -m "
+                  f"dcjax.predict --workdir=RUN --source=FOLDER gives new images their clusters")
+        # Kept until the new import is written, and put back if it fails.
+        old = target.with_name(f"{target.name}.replaced-{os.getpid()}")
+        target.rename(old)
+    try:
+        report = _write(source, name, data_dir, target, class_names, verbose, resize_shorter,
+                        layout, holdout, seed)
+    except BaseException:
+        if old is not None:
+            shutil.rmtree(target, ignore_errors=True)
+            old.rename(target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return report
+
+
+def _write(source, name, data_dir, target, class_names, verbose, resize_shorter, layout, holdout,
+           seed) -> ImportReport:
     report = ImportReport(name=name, source=source, path=str(target))
     names, split_iters = open_source(source, report, class_names, layout, holdout, seed)
     if not split_iters:
