@@ -31,6 +31,12 @@ from typing import Any
 import numpy as np
 
 
+def field(record: dict, key: str, spec: str = ".4f") -> str:
+    """A record's value formatted for the epoch line, '-' when it is None or absent."""
+    value = record.get(key)
+    return "-" if value is None else format(value, spec)
+
+
 class Method:
     """Base class of a method: the defaults here suit a method without epoch-level state."""
 

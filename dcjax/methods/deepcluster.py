@@ -28,7 +28,7 @@ from dcjax.data import pipeline
 from dcjax.data.datasets import DatasetInfo, open_split
 from dcjax.export import read_ids, write_export
 from dcjax.features import write_rows_fn
-from dcjax.methods.base import Method
+from dcjax.methods.base import Method, field
 from dcjax.models import from_config, interop
 from dcjax.plots import (
     nearest_to_centroids,
@@ -222,9 +222,8 @@ class DeepCluster(Method):
         return dataclasses.replace(mstate, indices=None)
 
     def format_record(self, r: dict) -> str:
-        def f(key, fmt=".4f"):
-            v = r.get(key)
-            return "-" if v is None else format(v, fmt)
+        def f(key, spec=".4f"):
+            return field(r, key, spec)
 
         return (f"epoch {r['epoch']}: loss {f('loss')} nmi_labels {f('nmi_labels')} "
                 f"nmi_prev {f('nmi_prev')} nonempty {f('nonempty_clusters', 'd')} "

@@ -51,7 +51,7 @@ from dcjax import faults, methods, metrics
 from dcjax.config_lib import ConfigError
 from dcjax.data import pipeline
 from dcjax.data.pipeline import normalize
-from dcjax.methods.base import Method
+from dcjax.methods.base import Method, field
 from dcjax.methods.deepcluster import compare_with_baselines, label_metrics
 from dcjax.models import from_config
 from dcjax.runs import Network
@@ -423,9 +423,8 @@ class DeepClusterV2(Method):
                           self.run.global_array(batch["label"].astype(np.int32)))
 
     def format_record(self, r: dict) -> str:
-        def f(key, fmt=".4f"):
-            value = r.get(key)
-            return "-" if value is None else format(value, fmt)
+        def f(key, spec=".4f"):
+            return field(r, key, spec)
 
         return (f"epoch {r['epoch']}: loss {f('loss')} nmi_labels {f('nmi_labels')} "
                 f"nmi_prev {f('nmi_prev')} nonempty {f('nonempty_clusters', 'd')} | memory "
