@@ -190,7 +190,8 @@ def bench_torch_step(size: int, batch: int, k: int, widths=None, fc_dim=4096,
         opt.zero_grad()
         head_opt.zero_grad()
         with cast():
-            loss = loss_fn(net(x), y)
+            out = net(x)  # the ResNet reference returns every stage; the loss reads its logits
+            loss = loss_fn(out["logits"] if isinstance(out, dict) else out, y)
         loss.backward()
         opt.step()
         head_opt.step()
