@@ -82,6 +82,28 @@ def test_a_deepcluster_v2_epoch_through_the_runner(tmp_path):
 
 
 @pytest.mark.slow
+def test_targets_are_the_prototypes_own_assignment_of_the_bank(tmp_path):
+    """After an epoch's clustering, every image's target under head h is the prototype of head h
+    nearest to that image's row in bank h mod 2 (the bank the head clustered), and the bank rows
+    hold the images and labels of epoch 0's order."""
+    c = v2_config(1)
+    run = runner.setup(c, str(tmp_path / "run"))
+    method = run.method
+    state, mstate, record = method.begin_epoch(method.init_state(), method.new_method_state(), 0)
+    index = np.asarray(state.bank_index)
+    order = method._order(0)[: method.rows]
+    np.testing.assert_array_equal(index, order)  # row r holds the image at position r
+    labels = np.array([run.source[int(i)]["label"] for i in order[:64]])
+    np.testing.assert_array_equal(np.asarray(state.bank_label)[:64], labels)
+    for h in range(2):
+        bank = np.asarray(state.bank[h % 2])
+        prototypes = np.asarray(state.params["head"][f"prototypes{h}"]["kernel"])
+        nearest = np.argmax(bank @ prototypes, axis=1)
+        assert np.mean(nearest == mstate.assignment[h][index]) > 0.999  # float ties aside
+    assert record["nonempty_clusters"] == len(np.unique(mstate.assignment[0][index]))
+
+
+@pytest.mark.slow
 def test_sigkills_resume_deepcluster_v2_exactly(tmp_path):
     """SIGKILLs in the bank's first pass, in k-means, in training and while a checkpoint is
     written; resumed, the run ends with the uninterrupted run's parameters and records (the
