@@ -183,6 +183,33 @@ class Checkpointer:
                 f"left as they are: use a new --workdir, or move them away to start over")
         return None
 
+    def restore_variables(self, abstract: dict, step: int | None = None
+                          ) -> tuple[int, dict, dict] | None:
+        """(step, {'params', 'batch_stats'}, meta) of the newest checkpoint (or `step`), reading
+        only the network's arrays out of the train state: what evaluate, export, predict and
+        convert need of any method's checkpoint (a DeepCluster-v2 state also holds a memory bank
+        and optimiser states, which are not read). None when there is no checkpoint;
+        CheckpointMismatch when the network's shapes differ from `abstract`'s."""
+        steps = self.steps()
+        if not steps:
+            return None
+        step = steps[-1] if step is None else step
+        saved = self.saved_shapes(step)
+        if saved is not None:
+            mine = {k: v for k, v in saved.items() if k.split("/")[0] in abstract}
+            self._check_shapes(step, mine, shapes(abstract))
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item=abstract, partial_restore=True,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)),
+                meta=ocp.args.JsonRestore()))
+        except Exception as e:  # noqa: BLE001 - unreadable: one line, nothing moved
+            raise CheckpointError(f"checkpoint {step} in {self.directory} cannot be read "
+                                  f"({type(e).__name__}: {(str(e).splitlines() or [''])[0]})"
+                                  [:400]) from None
+        return step, dict(restored["state"]), dict(restored["meta"])
+
     def _check_shapes(self, step: int, saved: dict, wanted: dict) -> None:
         differences = shape_differences(saved, wanted)
         if differences:

@@ -1,16 +1,22 @@
-r"""Networks in and out of the official DeepCluster checkpoint layout (docs/interop.md).
+r"""Networks in and out of the released checkpoint layouts (docs/interop.md).
 
-    python -m dcjax.convert --from_torch=checkpoint.pth.tar [--arch=alexnet|vgg16] --out=DIR
+    python -m dcjax.convert --from_torch=checkpoint.pth.tar [--arch=NAME] [--method=M] --out=DIR
     python -m dcjax.convert --to_torch=FILE.pth --workdir=RUN [--step=N]
 
-`--from_torch` reads a PyTorch state dict in the official layout (`dcjax.models.interop`; a leading
-`module.`, `features.module.` and a {'state_dict': ...} checkpoint as the official main.py saves it
-are accepted; the top layer may be absent; the Sobel layers, when present, must hold dcjax's
-constants) and writes DIR/network.npz + DIR/network.json, which `python -m dcjax.evaluate
---init=DIR` and a training run (`--config.model.init=DIR`) use. `--to_torch` writes a run's network
-(latest or --step checkpoint) in the same layout, saved as the official main.py saves:
-{'epoch', 'arch', 'state_dict'}. The round trip is exact. Reading or writing .pth files needs
-PyTorch (the CPU build is enough).
+`--from_torch` reads a PyTorch state dict (`dcjax.models.interop`): AlexNet / VGG16 in the official
+DeepCluster layout (a leading `module.`, `features.module.` and a {'state_dict': ...} checkpoint as
+the official main.py saves it are accepted; the top layer may be absent; the Sobel layers, when
+present, must hold dcjax's constants), ResNet-18 / ResNet-50 in torchvision's layout (`fc` optional;
+a 3x3 stem is the CIFAR stem, a 2-channel conv1 the Sobel front end), and swav's DeepCluster-v2
+checkpoints (the ResNet trunk, `projection_head.*`, `prototypes.prototypes0..N`, `module.` prefix).
+The architecture and the method come from the file (its `arch` field, else its layers); --arch and
+--method, when given, must agree with it. It writes DIR/network.npz + DIR/network.json, which
+`python -m dcjax.evaluate --init=DIR`, export / predict `--init=DIR` and a training run
+(`--config.model.init=DIR`) use. `--to_torch` writes a run's network (latest or --step
+checkpoint) in the layout it came from: AlexNet / VGG16 as the official main.py saves
+({'epoch', 'arch', 'state_dict'}), a ResNet as a torchvision state dict, a DeepCluster-v2 network
+as swav releases it. The round trip is exact. Reading or writing .pth files needs PyTorch (the CPU
+build is enough).
 """
 
 from __future__ import annotations
@@ -21,12 +27,17 @@ import numpy as np
 
 from dcjax.models.interop import (
     ARCHS,
+    OFFICIAL,
+    RESNETS,
     ConvertError,
     feature_indices,
     from_torch_state,
+    resnet_arch,
     save_network,
     to_torch_state,
 )
+
+METHODS = ("deepcluster", "deepcluster_v2")
 
 
 def _torch():
@@ -67,25 +78,32 @@ def choose_arch(path: str | Path, given: str | None, in_file: str | None, state:
     if given and in_file and given != in_file:
         raise ConvertError(f"--arch={given} but --from_torch={path} says arch={in_file!r}; drop "
                            f"--arch or give --arch={in_file}")
-    if given or in_file:
-        return given or in_file
+    found = resnet_arch(state)
+    if given and found and given != found:
+        raise ConvertError(f"--arch={given} but --from_torch={path} holds a {found} (by its "
+                           f"blocks and its stem); drop --arch or give --arch={found}")
+    if given or in_file or found:
+        return given or in_file or found
     convs = {k for k in state if k.removeprefix("module.").removeprefix("features.module.")
              .startswith("features.") and k.endswith(".weight") and np.ndim(state[k]) == 4}
-    for arch in ARCHS:
+    for arch in OFFICIAL:
         if len(convs) == len(feature_indices(arch)):
             return arch
     raise ConvertError(f"--from_torch={path}: {len(convs)} conv layers match neither "
-                       f"{' nor '.join(ARCHS)}; give --arch")
+                       f"{' nor '.join(OFFICIAL)} and it has no torchvision ResNet layers; give "
+                       f"--arch")
 
 
 def write_torch(path: str | Path, state: dict[str, np.ndarray], arch: str, epoch: int) -> None:
+    """AlexNet / VGG16 as the official main.py saves ({'epoch', 'arch', 'state_dict'}); ResNets
+    as a plain state dict, as torchvision and swav release theirs."""
     torch = _torch()
     if Path(path).exists():
         raise ConvertError(f"--to_torch={path} exists already; choose another file")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"epoch": epoch, "arch": arch,
-                "state_dict": {k: torch.from_numpy(np.array(v)) for k, v in state.items()}},
-               str(path))
+    tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
+    torch.save(tensors if arch in RESNETS else
+               {"epoch": epoch, "arch": arch, "state_dict": tensors}, str(path))
 
 
 def main(argv: list[str]) -> None:
@@ -105,10 +123,20 @@ def main(argv: list[str]) -> None:
             state, in_file = read_torch(f.from_torch)
             arch = choose_arch(f.from_torch, f.arch, in_file, state)
             params, stats, info = from_torch_state(state, arch)
+            method = info.get("method", "deepcluster")
+            if f.method and f.method != method:
+                raise ConvertError(f"--method={f.method} but --from_torch={f.from_torch} holds a "
+                                   f"{method} network"
+                                   + (" (no projection_head / prototypes)"
+                                      if method == "deepcluster" else
+                                      " (projection_head and prototypes)"))
             info["source"] = str(f.from_torch)
             save_network(f.out, params, stats, info)
-            print(f"{info['arch']} (k={info['k']}, fc {info['fc_dim']}) written to {f.out}; use "
-                  f"it with python -m dcjax.evaluate --init={f.out} or --config.model.init={f.out}")
+            what = (f"prototypes {tuple(info['prototypes'])}, projection {info['hidden_dim']} -> "
+                    f"{info['feat_dim']}" if method == "deepcluster_v2" else f"k={info['k']}")
+            print(f"{info['arch']} {method} ({what}, features {info['fc_dim']}) written to "
+                  f"{f.out}; use it with python -m dcjax.evaluate --init={f.out} or "
+                  f"--config.model.init={f.out}")
             return
         if not f.workdir:
             raise ConvertError("--to_torch needs --workdir=RUN")
@@ -118,14 +146,16 @@ def main(argv: list[str]) -> None:
 
         config = config_from_run(f.workdir)
         if config.model.name not in ARCHS:
-            raise ConvertError(f"the run's model {config.model.name!r} has no official layout "
-                               f"(only {' and '.join(ARCHS)} have)")
+            raise ConvertError(f"the run's model {config.model.name!r} has no released layout "
+                               f"(only {', '.join(ARCHS)} have)")
         net = load_network(config, f.workdir, "trained", f.step)
         state = to_torch_state(jax.device_get(net.params), jax.device_get(net.batch_stats),
                                config.model.name, sobel=bool(config.model.sobel))
         write_torch(f.to_torch, state, config.model.name, int(net.epochs_trained))
+        layout = ("swav's layout" if "backbone" in net.params else "torchvision's layout"
+                  if config.model.name in RESNETS else "the official layout")
         print(f"{config.model.name} of {f.workdir} (step {net.step}) written to {f.to_torch} in "
-              f"the official layout")
+              f"{layout}")
 
     cli.run_command(argv, body)
 
@@ -133,9 +163,12 @@ def main(argv: list[str]) -> None:
 def _define_flags() -> None:
     from absl import flags
 
-    flags.DEFINE_string("from_torch", None, "An official-layout .pth / .pth.tar to convert.")
+    flags.DEFINE_string("from_torch", None, "A released-layout .pth / .pth.tar to convert.")
     flags.DEFINE_enum("arch", None, list(ARCHS), "The architecture of --from_torch (default: the "
                       "file's own arch field, else what its layers say).")
+    flags.DEFINE_enum("method", None, list(METHODS), "The method --from_torch was trained with "
+                      "(default: what its layers say; a DeepCluster-v2 file has a projection head "
+                      "and prototypes).")
     flags.DEFINE_string("out", None, "Folder for the converted network (--from_torch).")
     flags.DEFINE_string("to_torch", None, "A .pth file to write the run's network to.")
     flags.DEFINE_string("workdir", None, "The run whose network --to_torch writes.")

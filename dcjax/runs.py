@@ -15,9 +15,7 @@ from jax.sharding import Mesh
 
 from dcjax.checkpoint import Checkpointer, abstract_like
 from dcjax.config_lib import ConfigError, base_config
-from dcjax.models import from_config
 from dcjax.sharding import default_mesh, replicated
-from dcjax.step import create_train_state
 from dcjax.workdir import WorkdirError
 
 INITS = ("trained", "random")
@@ -70,23 +68,23 @@ class Network:
 
 def load_network(config: ml_collections.ConfigDict, workdir: str | Path, init: str = "trained",
                  step: int | None = None, mesh: Mesh | None = None) -> Network:
-    """The run's network: its latest (or `step`) checkpoint, or with init='random' the same
-    architecture at the run's own initialisation (config.seed), i.e. the paper's "random" row, or
-    with init=DIR a network converted by `python -m dcjax.convert` (its top layer, when absent or
-    of another k, at the run's initialisation)."""
+    """The run's network (for any method: `Method.initial_network`): its latest (or `step`)
+    checkpoint, or with init='random' the same architecture at the run's own initialisation
+    (config.seed), i.e. the paper's "random" row, or with init=DIR a network converted by
+    `python -m dcjax.convert` (the layers the file lacks, such as a top layer of another k, at the
+    run's initialisation)."""
+    from dcjax import methods
     from dcjax.models import interop
 
     if init not in INITS and not interop.is_network_dir(init):
         raise ConfigError(f"--init={init!r} must be one of {INITS} or a folder written by "
                           f"python -m dcjax.convert")
     mesh = mesh or default_mesh()
-    model = from_config(config, config.clustering.k)
-    state = jax.jit(lambda: create_train_state(model, config, jax.random.key(config.seed)),
-                    out_shardings=replicated(mesh))()
+    model, params, stats = methods.get(config.method).initial_network(config, mesh)
     if init == "random":
-        return Network(model, state.params, state.batch_stats, None)
+        return Network(model, params, stats, None)
     if init not in INITS:
-        params, stats = interop.load_into(init, state.params, state.batch_stats)
+        params, stats = interop.load_into(init, params, stats)
         return Network(model, jax.device_put(params, replicated(mesh)),
                        jax.device_put(stats, replicated(mesh)), None)
     directory = Path(workdir) / "checkpoints"
@@ -97,14 +95,12 @@ def load_network(config: ml_collections.ConfigDict, workdir: str | Path, init: s
             raise ConfigError(f"no checkpoint in {directory}; train first, or use --init=random")
         if step is not None and step not in steps:
             raise ConfigError(f"--step={step} is not a checkpoint in {directory} (it has {steps})")
-        restored = ckpt.restore_latest(abstract_like(state), step=step)
+        found, variables, meta = ckpt.restore_variables(
+            abstract_like({"params": params, "batch_stats": stats}), step=step)
     finally:
         ckpt.close()
-    if restored is None:
-        raise ConfigError(f"no readable checkpoint in {directory}")
-    found, state, _, meta = restored
     epochs = int(meta["epoch"]) + 1 if meta.get("epoch_done") else int(meta["epoch"])
-    return Network(model, state.params, state.batch_stats, found, epochs)
+    return Network(model, variables["params"], variables["batch_stats"], found, epochs)
 
 
 def checkpoint_meta(workdir: str | Path, step: int) -> dict:

@@ -125,7 +125,7 @@ def test_official_alexnet_checkpoint_gives_pytorchs_outputs(tmp_path):
                           f"--out={tmp_path / 'net'}"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "alexnet (k=10, fc 4096) written to" in run.stdout
+    assert "alexnet deepcluster (k=10, features 4096) written to" in run.stdout
     params, stats, info = interop.load_network_dir(tmp_path / "net")
     assert info["arch"] == "alexnet" and info["k"] == 10 and info["sobel"]
     check_same_outputs("alexnet", net, params, stats)
@@ -148,8 +148,8 @@ def test_the_architecture_comes_from_the_file_and_a_contradicting_arch_is_one_li
     with pytest.raises(ConvertError, match=r"--arch=alexnet but --from_torch=f says "
                                            r"arch='vgg16'; drop --arch or give --arch=vgg16"):
         choose_arch("f", "alexnet", "vgg16", vgg)
-    with pytest.raises(ConvertError, match="is a 'resnet50' checkpoint"):
-        choose_arch("f", None, "resnet50", vgg)
+    with pytest.raises(ConvertError, match="is a 'resnet101' checkpoint"):
+        choose_arch("f", None, "resnet101", vgg)
     path = tmp_path / "vgg.pth.tar"
     torch.save({"epoch": 1, "arch": "vgg16", "state_dict": alex}, path)
     run = subprocess.run([sys.executable, "-m", "dcjax.convert", f"--from_torch={path}",

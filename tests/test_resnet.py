@@ -1,7 +1,8 @@
-"""ResNet-18 / ResNet-50 (v1.5) against a PyTorch ResNet written from the architecture table
-(dcjax/bench/torch_resnet.py, also the ResNet benchmark's reference):
-the same weights and BatchNorm statistics (random) give the same output at every stage, the same
-pooled features and the same logits, in float32 (dcjax/models/resnet.py)."""
+"""ResNet-18 / ResNet-50 (v1.5) against a PyTorch ResNet written from the architecture table with
+torchvision's names (dcjax/bench/torch_resnet.py, also the ResNet benchmark's reference): the same
+weights, written by the converter in torchvision's layout, and BatchNorm statistics (random) give
+the same output at every stage, the same pooled features and the same logits, in float32
+(dcjax/models/resnet.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="PyTorch (the test oracle) is not installed")
 
 from dcjax.bench.torch_resnet import TorchResNet  # noqa: E402
-from dcjax.models import create_model  # noqa: E402
+from dcjax.models import create_model, interop  # noqa: E402
 from dcjax.models.resnet import STAGES  # noqa: E402
 
 
@@ -30,29 +31,11 @@ def randomized(variables, seed=0):
     return params, stats
 
 
-def load_into_torch(net, params, stats):
-    def conv(module, kernel):  # HWIO -> OIHW
-        module.weight.data = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))
-
-    def bn(module, name):
-        module.weight.data = torch.from_numpy(params[name]["scale"])
-        module.bias.data = torch.from_numpy(params[name]["bias"])
-        module.running_mean.data = torch.from_numpy(stats[name]["mean"])
-        module.running_var.data = torch.from_numpy(stats[name]["var"])
-
-    conv(net.conv1, params["conv1"]["kernel"])
-    bn(net.bn1, "bn1")
-    for stage_name, stage in zip(STAGES, net.stages):
-        for b, block in enumerate(stage):
-            prefix = f"{stage_name}_{b}"
-            for i, (c, m) in enumerate(zip(block.convs, block.bns), start=1):
-                conv(c, params[f"{prefix}_conv{i}"]["kernel"])
-                bn(m, f"{prefix}_bn{i}")
-            if block.down is not None:
-                conv(block.down[0], params[f"{prefix}_downsample_conv"]["kernel"])
-                bn(block.down[1], f"{prefix}_downsample_bn")
-    net.top_layer.weight.data = torch.from_numpy(np.ascontiguousarray(params["top_layer"]["kernel"].T))
-    net.top_layer.bias.data = torch.from_numpy(params["top_layer"]["bias"])
+def load_into_torch(net, params, stats, arch):
+    """The dcjax weights through the converter's torchvision layout (dcjax.models.interop): every
+    key of the PyTorch network is written (strict), so a name the converter gets wrong fails."""
+    state = interop.to_torch_state(params, stats, arch)
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
 
 
 def relative(a, b) -> float:
@@ -72,7 +55,7 @@ def test_resnet_matches_a_pytorch_resnet_at_every_stage(name, size, sobel):
     variables = model.init({"params": jax.random.key(0)}, jnp.asarray(x))
     params, stats = randomized(variables)
     net = TorchResNet(depth, 7, name.endswith("_cifar"), sobel).eval()
-    load_into_torch(net, params, stats)
+    load_into_torch(net, params, stats, name)
     with torch.no_grad():
         want = net(torch.from_numpy(x.transpose(0, 3, 1, 2)))
     v = {"params": params, "batch_stats": stats}

@@ -174,9 +174,11 @@ def bench_torch_step(size: int, batch: int, k: int, widths=None, fc_dim=4096,
         net = TorchResNet(int(name[6:8]), k, cifar_stem=False, sobel=True).to(device)
     else:
         net = _torch_reference(size, k, widths, fc_dim).to(device)
-    body = [p for n, p in net.named_parameters() if p.requires_grad and not n.startswith("top")]
+    head = net.fc if name.startswith("resnet") else net.top_layer  # torchvision's name: fc
+    head_ids = {id(p) for p in head.parameters()}
+    body = [p for p in net.parameters() if p.requires_grad and id(p) not in head_ids]
     opt = torch.optim.SGD(body, lr=0.05, momentum=0.9, weight_decay=1e-5)
-    head_opt = torch.optim.SGD(net.top_layer.parameters(), lr=0.05, weight_decay=1e-5)
+    head_opt = torch.optim.SGD(head.parameters(), lr=0.05, weight_decay=1e-5)
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, k, (batch,), device=device)
     loss_fn = torch.nn.CrossEntropyLoss()

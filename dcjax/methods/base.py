@@ -102,6 +102,13 @@ class Method:
         return f"epoch {record['epoch']}: " + " ".join(
             f"{key} {record[key]:.4f}" for key in self.metrics if record.get(key) is not None)
 
+    @classmethod
+    def initial_network(cls, config: Any, mesh: Any):
+        """(model, params, batch_stats) of the method's network drawn from config.seed, the
+        values `random_state` holds, replicated on `mesh`, without data: what evaluate, export,
+        predict and convert restore a checkpoint's network into."""
+        raise NotImplementedError(f"the method {cls.name!r} has no network to load")
+
     # --------------------------------------------------------------------- evaluation, the end
     def network(self, state: Any):
         """The evaluators' view of the network (dcjax.runs.Network), or None when the

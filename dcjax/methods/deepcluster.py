@@ -39,7 +39,7 @@ from dcjax.plots import (
 )
 from dcjax.pseudolabels import Clustering, cluster_network, clustering_seed
 from dcjax.runs import Network
-from dcjax.sharding import AXIS
+from dcjax.sharding import AXIS, replicated
 from dcjax.step import TrainState, create_train_state, make_feature_fn, make_train_step, reset_head
 
 
@@ -135,6 +135,13 @@ class DeepCluster(Method):
         c = self.run.config
         return jax.jit(lambda: create_train_state(self.model, c, jax.random.key(c.seed)),
                        out_shardings=self.run.replicated)()
+
+    @classmethod
+    def initial_network(cls, config, mesh):
+        model = from_config(config, config.clustering.k)
+        state = jax.jit(lambda: create_train_state(model, config, jax.random.key(config.seed)),
+                        out_shardings=replicated(mesh))()
+        return model, state.params, state.batch_stats
 
     def init_state(self) -> TrainState:
         """The drawn state; with config.model.init, the converted network of that folder in place

@@ -53,9 +53,9 @@ from dcjax.data import pipeline
 from dcjax.data.pipeline import normalize
 from dcjax.methods.base import Method, field
 from dcjax.methods.deepcluster import compare_with_baselines, label_metrics
-from dcjax.models import from_config
+from dcjax.models import from_config, interop
 from dcjax.runs import Network
-from dcjax.sharding import AXIS
+from dcjax.sharding import AXIS, replicated
 
 
 class ProjectionPrototypes(nn.Module):
@@ -157,6 +157,18 @@ def lr_schedule(c: ml_collections.ConfigDict, steps_per_epoch: int):
     return schedule
 
 
+def build_model(c: ml_collections.ConfigDict) -> DeepClusterV2Net:
+    """The trunk `config.model` describes with the head of `config.deepcluster_v2`."""
+    v = c.deepcluster_v2
+    return DeepClusterV2Net(from_config(c, 1), ProjectionPrototypes(
+        v.hidden_dim, v.feat_dim, tuple(v.prototypes), jnp.dtype(c.model.dtype)))
+
+
+def initial_variables(model: DeepClusterV2Net, seed: int, size: int) -> dict:
+    return model.init({"params": jax.random.key(seed)}, jnp.zeros((1, size, size, 3)),
+                      train=False)
+
+
 def _frozen_path(path) -> bool:
     return any(getattr(k, "key", None) is not None and str(k.key).startswith("prototypes")
                for k in path)
@@ -219,12 +231,7 @@ class DeepClusterV2(Method):
         if max(v.prototypes) > rows:
             raise ConfigError(f"config.deepcluster_v2.prototypes={tuple(v.prototypes)}: k-means "
                               f"on a bank of {rows} rows takes at most {rows} prototypes")
-        if c.model.init:
-            raise ConfigError("config.model.init: DeepCluster-v2 starts from a random trunk here; "
-                              "converted ResNet trunks are not read yet")
-        backbone = from_config(c, 1)
-        self.model = DeepClusterV2Net(backbone, ProjectionPrototypes(
-            v.hidden_dim, v.feat_dim, tuple(v.prototypes), jnp.dtype(c.model.dtype)))
+        self.model = build_model(c)
         self.tx = optax.lars(lr_schedule(c, self.steps_per_epoch), weight_decay=v.weight_decay,
                              trust_coefficient=v.trust_coefficient, momentum=v.momentum)
         self.rows = rows
@@ -244,8 +251,7 @@ class DeepClusterV2(Method):
         index_sharding = NamedSharding(run.mesh, PartitionSpec(AXIS))
 
         def make():
-            variables = self.model.init({"params": jax.random.key(c.seed)},
-                                        jnp.zeros((1, size, size, 3)), train=False)
+            variables = initial_variables(self.model, c.seed, size)
             params = variables["params"]
             return V2State(step=jnp.zeros((), jnp.int32), params=params,
                            batch_stats=variables.get("batch_stats", {}),
@@ -261,7 +267,23 @@ class DeepClusterV2(Method):
         return jax.jit(make, out_shardings=shardings)()
 
     def init_state(self) -> V2State:
-        return self.random_state()
+        """The drawn state; with config.model.init, the converted network of that folder (a
+        DeepCluster-v2 network, or a trunk: the head then stays drawn) in place of the drawn
+        weights. The bank is filled by the network it starts from."""
+        state, c = self.random_state(), self.run.config
+        if c.model.init:
+            params, stats = interop.load_into(c.model.init, state.params, state.batch_stats)
+            state = state.replace(params=jax.device_put(params, self.run.replicated),
+                                  batch_stats=jax.device_put(stats, self.run.replicated))
+        return state
+
+    @classmethod
+    def initial_network(cls, config, mesh):
+        model = build_model(config)
+        size = pipeline.view_configs(config)[0].image_size
+        variables = jax.jit(lambda: initial_variables(model, config.seed, size),
+                            out_shardings=replicated(mesh))()
+        return model, variables["params"], variables.get("batch_stats", {})
 
     def new_method_state(self) -> V2MethodState:
         return V2MethodState()
