@@ -4,8 +4,12 @@ r"""DeepCluster on your own images: any dataset imported from a folder, labelled
     python -m dcjax.main --config=configs/folder.py:photos --workdir=runs/photos
 
 The argument is the dataset's name, optionally followed by a variant: `photos,alexnet224` (the
-reference AlexNet-BN geometry at 224 px, for a GPU and tens of thousands of images or more) or
-`photos,smoke` (a few seconds, for tests). Every field stays overridable
+reference AlexNet-BN geometry at 224 px, for a GPU and tens of thousands of images or more),
+`photos,resnet18` (ResNet-18 with Sobel at the default 64 px: the stem leaves 16x16, res5 2x2),
+`photos,resnet50` (ResNet-50 with Sobel at 224 px, the geometry of mmselfsup's DeepCluster ResNet-50
+and of converted torchvision / swav ResNet-50s: `--config.model.init=DIR` from `python -m
+dcjax.convert`, with `--config.model.sobel=False` for an RGB network) or `photos,smoke` (a few
+seconds, for tests). Every field stays overridable
 (`--config.num_epochs=60`, `--config.clustering.k=500`, ...).
 
 Defaults, for a few thousand to a few million photos:
@@ -37,7 +41,7 @@ import os
 
 from dcjax.config_lib import base_config, shrink_to_smoke
 
-VARIANTS = ("alexnet224", "smoke")
+VARIANTS = ("alexnet224", "resnet18", "resnet50", "smoke")
 
 
 def get_config(arg: str | None = None):
@@ -82,6 +86,18 @@ def get_config(arg: str | None = None):
         c.model.name = "alexnet"
         c.model.widths = ()
         c.model.fc_dim = 4096
+        c.clustering.pca_dim = 256
+    elif variant == "resnet18":
+        c.model.name = "resnet18"
+        c.model.widths = ()
+    elif variant == "resnet50":
+        c.batch_size = 256
+        c.data.image_size = 224
+        c.data.resize_size = 256
+        c.data.crop_scale = (0.08, 1.0)
+        c.eval.crop_scale = (0.08, 1.0)
+        c.model.name = "resnet50"
+        c.model.widths = ()
         c.clustering.pca_dim = 256
     elif variant == "smoke":
         shrink_to_smoke(c)

@@ -21,13 +21,14 @@ def digits(arg=None):
 
 def test_reference_configs_validate():
     for name in ("digits", "fashion_mnist", "cifar10", "imagenette", "imagenet_alexnet",
-                 "imagenet_vgg16"):
+                 "imagenet_vgg16", "imagenet_resnet50_deepcluster",
+                 "imagenet_resnet50_deepcluster_v2"):
         for arg in (None, "smoke"):
             validate(config(name, arg), num_devices=4)
     for name in ("fashion_mnist", "cifar10", "imagenette"):
         validate(config(name, "cpu"), num_devices=4)
     validate(config("imagenette", "alexnet224"), num_devices=4)
-    for arg in ("photos", "photos,smoke", "photos,alexnet224"):
+    for arg in ("photos", "photos,smoke", "photos,alexnet224", "photos,resnet18", "photos,resnet50"):
         validate(config("folder", arg), num_devices=4)
 
 
@@ -38,6 +39,27 @@ def test_imagenet_config_is_the_papers_setup():
     assert (c.optim.lr, c.optim.weight_decay, c.optim.momentum) == (0.05, 1e-5, 0.9)
     assert (c.clustering.pca_dim, c.clustering.iterations, c.seed) == (256, 20, 31)
     assert c.clustering.sampler == "uniform"
+
+
+def test_imagenet_resnet_configs_are_the_references_setups():
+    """mmselfsup's DeepCluster ResNet-50 (Sobel) and swav's 800-epoch DeepCluster-v2."""
+    c = config("imagenet_resnet50_deepcluster")
+    assert (c.method, c.model.name, c.model.sobel, c.clustering.k, c.clustering.pca_dim) == (
+        "deepcluster", "resnet50", True, 10000, 256)
+    assert (c.num_epochs, c.batch_size, c.optim.lr, c.optim.weight_decay) == (200, 512, 0.1, 1e-5)
+    c = config("imagenet_resnet50_deepcluster_v2")
+    v = c.deepcluster_v2
+    assert (c.method, c.model.name, c.model.sobel, c.num_epochs, c.batch_size) == (
+        "deepcluster_v2", "resnet50", False, 800, 4096)
+    assert tuple(c.data.views) == ((2, 224, (0.14, 1.0)), (6, 96, (0.05, 0.14)))
+    assert (tuple(v.prototypes), v.temperature, v.feat_dim, v.hidden_dim) == (
+        (3000, 3000, 3000), 0.1, 128, 2048)
+    assert (v.lr, v.final_lr, v.start_warmup, v.warmup_epochs, v.weight_decay) == (
+        4.8, 0.0048, 0.3, 10, 1e-6)
+    assert (v.freeze_prototypes_niters, v.kmeans_iterations, tuple(v.crops_for_assign)) == (
+        300_000, 10, (0, 1))
+    with pytest.raises(ValueError, match="unknown variant 'smok'"):
+        config("imagenet_resnet50_deepcluster_v2", "smok")
 
 
 @pytest.mark.parametrize("field,value,message", [
