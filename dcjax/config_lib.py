@@ -366,12 +366,14 @@ def validate_against_data(config: ml_collections.ConfigDict, split_sizes: dict[s
              f"config.data.train_split={d.train_split!r} is not a split of {d.name!r} "
              f"(it has {sorted(split_sizes)})")
     n = split_sizes[d.train_split]
+    require(config.batch_size <= n, f"config.batch_size={config.batch_size} but the dataset "
+             f"{d.name!r} has {n} images in split {d.train_split!r}")
+    if config.method != "deepcluster":  # config.clustering is DeepCluster's (v1) section
+        return
     require(config.clustering.k >= 2, f"config.clustering.k={config.clustering.k}: call "
              f"resolve_auto first")
     require(config.clustering.k <= n, f"config.clustering.k={config.clustering.k} but the "
              f"dataset {d.name!r} has {n} images in split {d.train_split!r}")
-    require(config.batch_size <= n, f"config.batch_size={config.batch_size} but the dataset "
-             f"{d.name!r} has {n} images in split {d.train_split!r}")
     require(config.clustering.pca_dim <= n, f"config.clustering.pca_dim="
              f"{config.clustering.pca_dim} but the dataset {d.name!r} has {n} images in split "
              f"{d.train_split!r}: PCA gives at most one component per image")

@@ -41,6 +41,19 @@ def test_imagenet_config_is_the_papers_setup():
     assert c.clustering.sampler == "uniform"
 
 
+def test_clusterings_fields_bind_deepcluster_only():
+    """config.clustering is DeepCluster's (v1): a DeepCluster-v2 run on fewer images than
+    clustering.k validates (its prototypes are checked by the method)."""
+    from dcjax.config_lib import ConfigError, validate_against_data
+
+    v2 = config("imagenet_resnet50_deepcluster_v2", "smoke")
+    assert v2.clustering.k == 10000
+    validate_against_data(v2, {"train": 1438})
+    v1 = config("imagenet_resnet50_deepcluster")
+    with pytest.raises(ConfigError, match="config.clustering.k=10000 but the dataset"):
+        validate_against_data(v1, {"train": 1438})
+
+
 def test_imagenet_resnet_configs_are_the_references_setups():
     """mmselfsup's DeepCluster ResNet-50 (Sobel) and swav's 800-epoch DeepCluster-v2."""
     c = config("imagenet_resnet50_deepcluster")
