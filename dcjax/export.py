@@ -1,9 +1,20 @@
-r"""The clustering of a trained network, per image: `python -m dcjax.export --workdir=RUN [--step=N]
-[--out=DIR]`.
+r"""The clustering of a trained network, per image:
 
-The trainer writes RUN/export/ at the end of a run; this command writes the same for any
+    python -m dcjax.export --workdir=RUN [--step=N] [--out=DIR]
+    python -m dcjax.export --init=NETWORK_OR_RUN --data=NAME --out=DIR [--k=K] [--config=FILE]
+
+The trainer writes RUN/export/ at the end of a run; the first form writes the same for any
 checkpoint (the latest by default; `--out` defaults to RUN/export, or RUN/export_step_N with
---step). Files, all in dataset order (row i = image i of the training split):
+--step). The second clusters another dataset with a trained network, without training: NETWORK is
+a folder written by `python -m dcjax.convert` (an official AlexNet / VGG16, a torchvision ResNet,
+swav's DeepCluster-v2, ...), RUN any dcjax run (DeepCluster or DeepCluster-v2: its trunk). DIR then
+becomes a folder that `predict`, `gallery` and `evaluate --workdir=DIR` read like a run's:
+DIR/config.json (the network's geometry, the dataset, k), DIR/network/ (the network, converted, so
+DIR stands alone and `--config.model.init=DIR/network` fine-tunes from it) and DIR/export/. k
+defaults to one cluster per 100 images (config_lib.auto_k); a converted network's geometry comes
+from its architecture (224 px for the ImageNet networks, 32 px for the CIFAR-stem ResNets), a run's
+from its config, and `--config` replaces it. Files, all in dataset order (row i = image i of the
+training split):
 
   assignments.csv     id (the image's path as imported), cluster (its nearest centroid), distance
                       (Euclidean, in the PCA-whitened space), label (the class name; only when the
@@ -191,15 +202,131 @@ def export_checkpoint(workdir: str, step: int | None = None, out: str | None = N
     return write_export(folder, clustering, ids, info.class_names, config, net.step, epochs)
 
 
+def network_config(init: str, data: str, config_file: str | None = None
+                   ) -> tuple[ml_collections.ConfigDict, dict, dict, dict, int]:
+    """(config, params, batch_stats, info, epochs_trained) to cluster dataset `data` with the
+    network `init` (a dcjax.convert folder or a run), as DeepCluster (v1) clusters: the trunk's
+    pooled / fc7 features, PCA-whitened, k-means."""
+    from dcjax.config_lib import ConfigError, load_config_file
+    from dcjax.models import interop
+    from dcjax.runs import config_from_run, load_network
+
+    path = Path(init).expanduser()
+    folder_config = Path(__file__).resolve().parents[1] / "configs" / "folder.py"
+    if (path / "config.json").exists():  # a run
+        run_config = config_from_run(path)
+        net = load_network(run_config, path)
+        params, stats = jax.device_get(net.params), jax.device_get(net.batch_stats)
+        if "backbone" in params:  # a DeepCluster-v2 network: its trunk
+            params, stats = params["backbone"], stats.get("backbone", {})
+        info = {"arch": run_config.model.name, "sobel": bool(run_config.model.sobel),
+                "method": run_config.method, "source": f"run {path} (checkpoint {net.step})"}
+        config = _config_file(config_file) if config_file else run_config
+        epochs = net.epochs_trained
+    elif interop.is_network_dir(path):
+        params, stats, info = interop.load_network_dir(path)
+        if "backbone" in params:
+            params, stats = params["backbone"], stats.get("backbone", {})
+        arch = info["arch"]
+        if config_file:
+            config = _config_file(config_file)
+        else:
+            small = arch.endswith("_cifar")
+            config = load_config_file(str(folder_config), data + ("" if small else ",alexnet224"))
+            if small:
+                config.data.image_size, config.data.resize_size = 32, 36
+            config.model.name, config.model.widths = arch, ()
+            config.model.sobel = bool(info.get("sobel", True))
+            config.model.fc_dim = int(info.get("fc_dim") or config.model.fc_dim)
+        info = {**info, "source": str(info.get("source", path))}
+        epochs = 0
+    else:
+        raise ConfigError(f"--init={init} is neither a dcjax run (config.json) nor a folder written "
+                          f"by python -m dcjax.convert (network.npz, network.json)")
+    with config.unlocked():
+        config.method = "deepcluster"
+        config.data.name = data
+        config.data.train_split = "train"
+        config.model.init = ""
+    return config, params, stats, info, epochs
+
+
+def _config_file(spec: str) -> ml_collections.ConfigDict:
+    """`FILE` or `FILE:ARG`, as --config of the other commands."""
+    from dcjax.config_lib import load_config_file
+
+    path, _, arg = spec.partition(":")
+    return load_config_file(path, arg or None)
+
+
+def export_with_network(init: str, data: str, out: str, k: int = 0,
+                        config_file: str | None = None) -> Path:
+    """Clusters dataset `data` with the trained network `init` (no training) and writes a folder
+    that predict, gallery and evaluate read like a run (module docstring)."""
+    from dcjax.config_lib import ConfigError, resolve_auto, validate_against_data
+    from dcjax.data.datasets import open_split
+    from dcjax.data.importer import ensure_embedded
+    from dcjax.features import write_rows_fn
+    from dcjax.models import interop
+    from dcjax.pseudolabels import cluster_network
+    from dcjax.runs import load_network
+    from dcjax.sharding import default_mesh
+    from dcjax.step import make_feature_fn
+    from dcjax.validation import validate
+
+    folder = Path(out).expanduser()
+    if (folder / "config.json").exists() or (folder / "export").exists():
+        raise ConfigError(f"--out={folder} holds a run or an export already; choose a new folder")
+    config, params, stats, info, epochs = network_config(init, data, config_file)
+    d = config.data
+    ensure_embedded(d.name, d.data_dir or None)
+    source, dinfo = open_split(d.name, d.train_split, d.data_dir or None)
+    config.clustering.k = k
+    for note in resolve_auto(config, dinfo.split_sizes):
+        print(note)
+    validate_against_data(config, dinfo.split_sizes)
+    mesh = default_mesh()
+    lead = jax.process_index() == 0
+    network_dir = (folder / "network").absolute()
+    if lead:
+        interop.save_network(network_dir, params, stats, info)
+    _sync("network written")
+    config.model.init = str(network_dir)
+    validate(config, num_devices=jax.device_count())
+    net = load_network(config, folder, str(network_dir), mesh=mesh)
+    if lead:
+        (folder / "config.json").write_text(config.to_json_best_effort(indent=1))
+    clustering = cluster_network(config, jax.jit(make_feature_fn(net.model)), net.variables,
+                                 source, mesh, int(config.seed) + epochs,
+                                 write_rows=write_rows_fn(mesh), nearest=True, keep_features=True,
+                                 verbose=lead)
+    ids = read_ids(source) if lead else None
+    return write_export(folder / "export", clustering, ids, dinfo.class_names, config, None,
+                        epochs)
+
+
 def main(argv: list[str]) -> None:
     from absl import flags
 
     from dcjax import cli, distributed
+    from dcjax.config_lib import ConfigError
 
     f = flags.FLAGS
 
     def body() -> None:
         distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
+        if bool(f.workdir) == bool(f.init):
+            raise ConfigError("give --workdir=RUN (its checkpoint) or --init=NETWORK_OR_RUN "
+                              "--data=NAME --out=DIR (another dataset, no training)")
+        if f.init:
+            if not f.data or not f.out:
+                raise ConfigError("--init needs --data=NAME (an imported dataset) and --out=DIR")
+            folder = export_with_network(f.init, f.data, f.out, f.k, f.config)
+            if jax.process_index() == 0:
+                print(f"written to {folder}: {', '.join(FILES)}; next: python -m dcjax.gallery "
+                      f"--workdir={Path(f.out)}, python -m dcjax.predict --workdir={Path(f.out)} "
+                      f"--source=FOLDER --out=FILE.csv")
+            return
         folder = export_checkpoint(f.workdir, f.step, f.out)
         if jax.process_index() == 0:
             print(f"written to {folder}: {', '.join(FILES)}")
@@ -215,9 +342,14 @@ def _define_flags() -> None:
     flags.DEFINE_string("workdir", None, "The run's directory (checkpoints/, config.json).")
     flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
     flags.DEFINE_string("out", None, "Output folder (default: RUN/export, or RUN/export_step_N "
-                        "with --step).")
+                        "with --step; with --init: the new folder, required).")
+    flags.DEFINE_string("init", None, "A trained network (a dcjax.convert folder or a run) to "
+                        "cluster --data with, without training.")
+    flags.DEFINE_string("data", None, "With --init: the imported dataset to cluster.")
+    flags.DEFINE_integer("k", 0, "With --init: clusters (0: one per 100 images).")
+    flags.DEFINE_string("config", None, "With --init: a config file whose geometry (image size, "
+                        "model) replaces the network's default.")
     distributed.define_flags()
-    flags.mark_flags_as_required(["workdir"])
 
 
 if __name__ == "__main__":

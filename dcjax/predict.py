@@ -93,12 +93,14 @@ def predict(workdir: str, source: str, out: str, features: str | None = None,
         raise DataError(f"--source={source}: no readable image ({len(skipped)} unreadable)")
     mesh = default_mesh()
     step = saved["checkpoint_step"]
-    ckpt = Checkpointer(Path(workdir) / "checkpoints")
-    try:
-        present = ckpt.steps()
-    finally:
-        ckpt.close()
-    if step not in present:
+    present = []
+    if (Path(workdir) / "checkpoints").exists() or step is not None:
+        ckpt = Checkpointer(Path(workdir) / "checkpoints")
+        try:
+            present = ckpt.steps()
+        finally:
+            ckpt.close()
+    if step not in present and not (step is None and config.model.init):
         raise DataError(f"the export was made from checkpoint {step}, which {workdir}/checkpoints no "
                         f"longer holds (it has {present}): re-export with `python -m dcjax.export "
                         f"--workdir={workdir}`")

@@ -72,7 +72,8 @@ def load_network(config: ml_collections.ConfigDict, workdir: str | Path, init: s
     checkpoint, or with init='random' the same architecture at the run's own initialisation
     (config.seed), i.e. the paper's "random" row, or with init=DIR a network converted by
     `python -m dcjax.convert` (the layers the file lacks, such as a top layer of another k, at the
-    run's initialisation)."""
+    run's initialisation). A workdir without checkpoints/ whose config.model.init is such a folder
+    (`export --init` writes one) gives that network as its trained one."""
     from dcjax import methods
     from dcjax.models import interop
 
@@ -88,6 +89,11 @@ def load_network(config: ml_collections.ConfigDict, workdir: str | Path, init: s
         return Network(model, jax.device_put(params, replicated(mesh)),
                        jax.device_put(stats, replicated(mesh)), None)
     directory = Path(workdir) / "checkpoints"
+    if not directory.exists() and config.model.init and interop.is_network_dir(config.model.init):
+        # A folder written by `export --init` holds no checkpoint: its network is model.init.
+        params, stats = interop.load_into(config.model.init, params, stats)
+        return Network(model, jax.device_put(params, replicated(mesh)),
+                       jax.device_put(stats, replicated(mesh)), None)
     ckpt = Checkpointer(directory)
     try:
         steps = ckpt.steps()

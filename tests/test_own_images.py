@@ -444,3 +444,51 @@ def test_a_grown_folder_names_the_derived_k_and_points_to_predict(tmp_path):
     assert "clustering.k: one cluster per 100 images (config.clustering.k=0), 6 in the run, 7 now " \
            "for 14 images" in line
     assert f"python -m dcjax.predict --workdir={run} --source=FOLDER" in line
+
+
+@pytest.mark.slow
+def test_a_trained_network_clusters_another_folder_without_training(unlabeled_run, tmp_path):
+    """`export --init=RUN --data=NAME --out=DIR`: the run's network clusters a folder it never saw
+    (its features are the network's, the same as predict computes), and DIR is read by predict
+    and gallery like a run; its network/ starts a training run; DIR is never overwritten."""
+    from dcjax.config_lib import ConfigError
+    from dcjax.export import export_with_network
+    from dcjax.gallery import gallery
+    from dcjax.predict import predict
+    from dcjax.validation import validate
+
+    root, _ = unlabeled_run
+    write_photos(tmp_path / "more", mixed_depth(30), seed=1)
+    prepare(str(tmp_path / "more"), "more", str(root / "tfds"), verbose=False)
+    out = tmp_path / "zero"
+    export_with_network(str(root / "run"), "more", str(out), k=3)
+    config = json.loads((out / "config.json").read_text())
+    assert (config["data"]["name"], config["clustering"]["k"], config["model"]["name"]) == (
+        "more", 3, "alexnet_small")
+    with open(out / "export" / "assignments.csv", newline="") as f:
+        exported = {r["id"]: int(r["cluster"]) for r in csv.DictReader(f)}
+    assert len(exported) == 30 and set(exported.values()) <= {0, 1, 2}
+    # The features are the run's network's: predict under the run computes the same ones.
+    predict(str(root / "run"), str(tmp_path / "more"), str(tmp_path / "a.csv"),
+            str(tmp_path / "a.npy"))
+    with open(tmp_path / "a.csv", newline="") as f:
+        order = [r["path"] for r in csv.DictReader(f)]
+    features = np.load(out / "export" / "features_fc7.npy")
+    ids = list(exported)
+    np.testing.assert_allclose(np.load(tmp_path / "a.npy"),
+                               features[[ids.index(name) for name in order]], rtol=1e-4,
+                               atol=1e-5)
+    # DIR reads like a run: predict gives its exported clusters, gallery renders them.
+    count, _ = predict(str(out), str(tmp_path / "more"), str(tmp_path / "b.csv"))
+    with open(tmp_path / "b.csv", newline="") as f:
+        assert {r["path"]: int(r["cluster"]) for r in csv.DictReader(f)} == exported
+    folder, _ = gallery(str(out))
+    assert (folder / "index.html").exists()
+    c = load_config_file(str(ROOT / "configs" / "folder.py"), "more,smoke")
+    c.data.data_dir = str(root / "tfds")
+    c.model.init = str(out / "network")
+    validate(c, num_devices=4)
+    with pytest.raises(ConfigError, match="holds a run or an export already"):
+        export_with_network(str(root / "run"), "more", str(out), k=3)
+    with pytest.raises(ConfigError, match="is neither a dcjax run"):
+        export_with_network(str(tmp_path), "more", str(tmp_path / "other"))
