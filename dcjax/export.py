@@ -19,6 +19,8 @@ training split):
   assignments.csv     id (the image's path as imported), cluster (its nearest centroid), distance
                       (Euclidean, in the PCA-whitened space), label (the class name; only when the
                       dataset has labels)
+  clusters.csv        cluster, size, cohesion (0-1: the norm of the mean of its images' rows of
+                      features_pca.npy; dcjax.quality)
   features_fc7.npy    [N, fc_dim] float32, fc7 before its ReLU, deterministic view
   features_pca.npy    [N, pca_dim] float32, PCA-whitened and L2-normalised (what k-means clusters)
   clustering.npz      pca_mean [fc_dim], pca_components [fc_dim, pca_dim], pca_eigenvalues
@@ -47,7 +49,8 @@ from dcjax.clustering import PCA
 from dcjax.pseudolabels import Clustering
 
 CHUNK_ROWS = 65536  # rows fetched from a device at a time when writing features
-FILES = ("assignments.csv", "features_fc7.npy", "features_pca.npy", "clustering.npz")
+FILES = ("assignments.csv", "clusters.csv", "features_fc7.npy", "features_pca.npy",
+         "clustering.npz")
 
 
 def read_ids(source: Any, chunk: int = 1024) -> list[str]:
@@ -131,6 +134,7 @@ def write_export(out: Path, clustering: Clustering, ids: list[str] | None,
                 row = [ids[i], int(clustering.nearest[i]), f"{clustering.distance[i]:.6g}"]
                 w.writerow(row + ([class_names[clustering.labels[i]]] if labelled else []))
         os.replace(tmp, out / "assignments.csv")
+        write_clusters(out, clustering.nearest, clustering.k)
         tmp = out / "clustering.partial.npz"
         np.savez(tmp, pca_mean=_host(clustering.pca.mean),
                  pca_components=_host(clustering.pca.components),
@@ -142,6 +146,31 @@ def write_export(out: Path, clustering: Clustering, ids: list[str] | None,
         os.replace(tmp, out / "clustering.npz")
     _sync("export written")
     return out
+
+
+def write_clusters(out: Path, nearest: np.ndarray, k: int) -> None:
+    """OUT/clusters.csv: cluster, size, cohesion (dcjax.quality.cohesion on features_pca.npy)."""
+    from dcjax.quality import cohesion
+
+    features = np.load(out / "features_pca.npy", mmap_mode="r")
+    sizes, values = cohesion(features, np.asarray(nearest), k)
+    tmp = out / "clusters.csv.partial"
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["cluster", "size", "cohesion"])
+        for c in range(k):
+            w.writerow([c, int(sizes[c]), "" if np.isnan(values[c]) else f"{values[c]:.4f}"])
+    os.replace(tmp, out / "clusters.csv")
+
+
+def read_cohesion(out: Path) -> dict[int, float]:
+    """{cluster: cohesion} of OUT/clusters.csv ({} for an export written before it existed)."""
+    try:
+        with open(out / "clusters.csv", newline="") as f:
+            return {int(r["cluster"]): float(r["cohesion"]) for r in csv.DictReader(f)
+                    if r["cohesion"]}
+    except OSError:
+        return {}
 
 
 def _missing_export(path: Path) -> str:

@@ -119,6 +119,7 @@ def write_gallery(a: dict, out: Path, title: str, strip: int = 8, per_page: int 
     non-empty clusters, 'index_images': thumbnails on the index pages, 'pages': cluster pages,
     'index_pages': index pages}."""
     cluster, distance, ids, labels = a["cluster"], a["distance"], a["ids"], a["labels"]
+    cohesion = a.get("cohesion") or {}
     sizes = np.bincount(cluster)
     order = [int(c) for c in np.argsort(-sizes, kind="stable") if sizes[c] > 0]
     # Members of every cluster, nearest first, from one sort (no pass over all images per cluster).
@@ -131,9 +132,11 @@ def write_gallery(a: dict, out: Path, title: str, strip: int = 8, per_page: int 
         members = by_cluster[starts[c]:starts[c + 1]]
         home = index_page_name(rank // clusters_per_index + 1)
         purity = ""
+        if c in cohesion:
+            purity += f" · cohesion {cohesion[c]:.2f}"
         if labels is not None:
             name, count = Counter(labels[i] for i in members).most_common(1)[0]
-            purity = f" · purity {count / len(members):.2f} ({html.escape(name)})"
+            purity += f" · purity {count / len(members):.2f} ({html.escape(name)})"
         num_pages = -(-len(members) // per_page)
         for p in range(1, num_pages + 1):
             part = members[(p - 1) * per_page: p * per_page]
@@ -166,7 +169,9 @@ def write_gallery(a: dict, out: Path, title: str, strip: int = 8, per_page: int 
         head = (f"<h1>{html.escape(title)}</h1><p class=\"meta\">{len(ids)} images in "
                 f"{len(order)} non-empty clusters, largest first (page {page} of {index_pages}); "
                 f"each strip shows the images nearest the centroid. Click a cluster for all its "
-                f"members.</p>" + (_nav(links) if links else ""))
+                f"members." + (" Cohesion (0-1): how alike a cluster's features are, the norm "
+                               "of their normalised mean." if cohesion else "") + "</p>"
+                + (_nav(links) if links else ""))
         body = head + "\n".join(sections[page - 1]) + (_nav(links) if links else "")
         (out / index_page_name(page)).write_text(_page(title, body))
     return {"clusters": len(order), "index_images": shown, "pages": pages,
@@ -185,7 +190,11 @@ def gallery(workdir: str, export: str | None = None, out: str | None = None, str
         if value < 1:
             raise DataError(f"--{name}={value} must be >= 1")
     config = config_from_run(workdir)
-    a = read_assignments(Path(export or Path(workdir) / "export") / "assignments.csv")
+    from dcjax.export import read_cohesion
+
+    folder_in = Path(export or Path(workdir) / "export")
+    a = read_assignments(folder_in / "assignments.csv")
+    a["cohesion"] = read_cohesion(folder_in)
     d = config.data
     ensure_embedded(d.name, d.data_dir or None)
     source, _ = open_split(d.name, d.train_split, d.data_dir or None)

@@ -248,6 +248,17 @@ def test_unlabeled_training_needs_no_flags(unlabeled_run):
     assert [r["epoch"] for r in records] == [0, 1]
     assert all(r["nmi_labels"] is None and np.isfinite(r["loss"]) for r in records)
     assert records[1]["nmi_prev"] is not None and final["final_nmi_labels"] is None
+    # The label-free signals of an unlabelled run (dcjax/quality.py).
+    summary = json.loads((root / "run" / "summary.json").read_text())
+    assert 0 <= summary["pixel_agreement_nmi"] <= 1 and summary["pixel_agreement_images"] == 48
+    assert summary["clusters_still_moving"] is None  # one nmi_prev: no trend yet
+    with open(root / "run" / "export" / "clusters.csv", newline="") as f:
+        clusters = list(csv.DictReader(f))
+    assert [int(r["cluster"]) for r in clusters] == [0, 1, 2, 3]
+    assert sum(int(r["size"]) for r in clusters) == 48
+    cohesion = [float(r["cohesion"]) for r in clusters if r["cohesion"]]
+    assert all(0 <= v <= 1 + 1e-6 for v in cohesion)
+    assert summary["cohesion_median"] == pytest.approx(float(np.median(cohesion)), abs=1e-4)
 
 
 @pytest.mark.slow

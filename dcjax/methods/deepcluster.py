@@ -341,10 +341,29 @@ class DeepCluster(Method):
         folder = write_export(run.workdir / "export", clustering,
                               read_ids(run.source) if run.lead else None, run.info.class_names, c,
                               int(state.step), c.num_epochs)
+        nearest, k = clustering.nearest, clustering.k
         del clustering
         run.print(f"per-image clusters and features written to {folder}")
+        if run.lead:
+            out.update(self.label_free_signals(folder, nearest, k, history))
         out.update(self.compare(state))
         return out
+
+    def label_free_signals(self, folder, nearest: np.ndarray, k: int, history: list[dict]) -> dict:
+        """dcjax.quality's signals of the exported clustering, printed and for summary.json."""
+        from dcjax import quality
+        from dcjax.export import read_cohesion
+
+        c, run = self.run.config, self.run
+        signals = {**quality.pixel_agreement(c, run.source, np.asarray(nearest), k, c.seed),
+                   **quality.trend(history)}
+        values = read_cohesion(folder)
+        cohesion = np.array([values.get(i, np.nan) for i in range(k)])
+        finite = cohesion[np.isfinite(cohesion)]
+        signals["cohesion_median"] = float(np.median(finite)) if len(finite) else None
+        for line in quality.lines(signals, c.num_epochs, cohesion):
+            run.print(line)
+        return signals
 
     def compare(self, state: TrainState) -> dict:
         """The end-of-run comparison with the random initialisation and the raw pixels

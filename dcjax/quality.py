@@ -1,0 +1,117 @@
+"""Label-free signals of how good a run's clusters are, for data without labels (summary.json,
+export/clusters.csv, the end-of-run lines):
+
+  * agreement with the trivial clustering: NMI between the run's clusters and k-means on the raw
+    pixels of the same images with the same k (centre view shrunk to 32x32, clustered as they are,
+    as the end-of-run pixel baseline does, by scikit-learn's k-means; at most MAX_IMAGES images,
+    drawn by config.seed). High
+    agreement means the network mostly sorts colours and layout, which raw pixels do too;
+  * cohesion per cluster: the mean resultant length of its images' PCA-whitened, L2-normalised
+    features (the norm of their mean: 1 when they all point the same way, near 0 when they spread
+    over the sphere);
+  * whether the clusters are still moving: the trend of nmi_prev (each epoch's clustering against
+    the one before) over the last epochs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+PIXEL_SIDE = 32
+MAX_IMAGES = 20_000
+TREND_EPOCHS = 5
+STILL_MOVING = 0.02  # nmi_prev gained over the last TREND_EPOCHS epochs above which clusters move
+
+
+class _Subset:
+    def __init__(self, source: Any, indices: np.ndarray):
+        self.source, self.indices = source, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.source[int(self.indices[i])]
+
+
+def pixel_rows(config: Any, source: Any, indices: np.ndarray) -> np.ndarray:
+    """[len(indices), 32 * 32 * 3] float32 in [0, 1]: each image's centre view, area-averaged."""
+    import cv2
+
+    from dcjax.data import pipeline
+
+    rows = []
+    for b in pipeline.ordered_batches(_Subset(source, indices), pipeline.view_config(config),
+                                      min(256, len(indices)), num_threads=config.data.num_threads):
+        for image in b["image"][b["mask"]]:
+            small = cv2.resize(np.asarray(image), (PIXEL_SIDE, PIXEL_SIDE),
+                               interpolation=cv2.INTER_AREA)
+            rows.append(small.reshape(-1))
+    return np.stack(rows).astype(np.float32) / 255.0
+
+
+def pixel_agreement(config: Any, source: Any, assignment: np.ndarray, k: int, seed: int) -> dict:
+    """{'pixel_agreement_nmi', 'pixel_agreement_images'}: NMI between `assignment` (dataset order)
+    and k-means on the raw pixels of the same images with the same k."""
+    from sklearn.cluster import KMeans
+
+    from dcjax.metrics import nmi
+
+    n = len(assignment)
+    rng = np.random.default_rng([seed, 4099])
+    pick = np.sort(rng.choice(n, MAX_IMAGES, replace=False)) if n > MAX_IMAGES else np.arange(n)
+    x = pixel_rows(config, source, pick)
+    labels = KMeans(n_clusters=min(k, len(pick)), n_init=1, random_state=seed).fit(x).labels_
+    return {"pixel_agreement_nmi": float(nmi(labels, assignment[pick])),
+            "pixel_agreement_images": int(len(pick))}
+
+
+def cohesion(features: np.ndarray, assignment: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(size [k], cohesion [k]): the number of images of each cluster and the norm of the mean of
+    their L2-normalised feature rows (NaN for an empty cluster)."""
+    sums = np.zeros((k, features.shape[1]), np.float64)
+    np.add.at(sums, assignment, np.asarray(features, np.float64))
+    sizes = np.bincount(assignment, minlength=k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.linalg.norm(sums, axis=1) / sizes
+    return sizes, np.where(sizes > 0, value, np.nan)
+
+
+def trend(history: list[dict]) -> dict:
+    """{'clusters_still_moving': bool | None, 'nmi_prev_trend': [first, last]} over the last
+    TREND_EPOCHS epochs with an nmi_prev."""
+    values = [r["nmi_prev"] for r in history if r.get("nmi_prev") is not None][-TREND_EPOCHS:]
+    if len(values) < 2:
+        return {"clusters_still_moving": None, "nmi_prev_trend": None}
+    return {"clusters_still_moving": bool(values[-1] - values[0] > STILL_MOVING),
+            "nmi_prev_trend": [float(values[0]), float(values[-1])]}
+
+
+def lines(signals: dict, num_epochs: int, cohesion_values: np.ndarray) -> list[str]:
+    """The end-of-run lines of the label-free signals."""
+    out = []
+    if signals.get("pixel_agreement_nmi") is not None:
+        a = signals["pixel_agreement_nmi"]
+        out.append(f"label-free check: the clusters agree with k-means on raw {PIXEL_SIDE}x"
+                   f"{PIXEL_SIDE} pixels (same k, {signals['pixel_agreement_images']:,} images) at "
+                   f"NMI {a:.3f} (1 = the same clusters)" + (
+                       "; above about 0.5 the network mostly sorts colours and layout, as the "
+                       "pixels do" if a > 0.5 else ""))
+    valid = cohesion_values[np.isfinite(cohesion_values)]
+    if len(valid):
+        lo, hi = int(np.nanargmin(cohesion_values)), int(np.nanargmax(cohesion_values))
+        out.append(f"cluster cohesion (0-1, the norm of the mean of a cluster's normalised "
+                   f"features): median {np.median(valid):.3f}, lowest {cohesion_values[lo]:.3f} "
+                   f"(cluster {lo}), highest {cohesion_values[hi]:.3f} (cluster {hi}); per "
+                   f"cluster in export/clusters.csv")
+    moving, t = signals.get("clusters_still_moving"), signals.get("nmi_prev_trend")
+    if moving is not None:
+        span = (f"nmi_prev {t[0]:.3f} -> {t[1]:.3f} over the last epochs, 1 = the same "
+                f"clustering twice")
+        out.append(f"clusters still moving ({span}): more epochs (--config.num_epochs="
+                   f"{2 * num_epochs}, same --workdir) may change them" if moving else
+                   f"nmi_prev flat ({span}): more epochs of this run are unlikely to make the "
+                   f"clusters more stable")
+    return out
