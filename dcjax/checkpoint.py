@@ -46,16 +46,21 @@ class _NoItemMetadataWarning(logging.Filter):
 
 class _DiskFullThreadErrors(logging.Filter):
     """Drops the error (with its traceback) that each of Orbax's writer threads logs when the disk
-    is full: the same failure reaches the save call, and the runner reports it in one line
-    (runner.no_space_error, exit 4)."""
+    is full, and asyncio's 'Task exception was never retrieved' for the same failure of an Orbax
+    write task (logged when the task is collected, which depends on timing): the same failure
+    reaches the save call, and the runner reports it in one line (runner.no_space_error, exit 4)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not ("orbax" in record.pathname
-                    and "No space left on device" in record.getMessage())
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f" {record.exc_info[1]}"
+        return not (("orbax" in record.pathname or "orbax" in text)
+                    and "No space left on device" in text)
 
 
 logging.getLogger("absl").addFilter(_NoItemMetadataWarning())
 logging.getLogger("absl").addFilter(_DiskFullThreadErrors())
+logging.getLogger("asyncio").addFilter(_DiskFullThreadErrors())
 
 _unraisable = sys.unraisablehook
 

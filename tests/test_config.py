@@ -28,6 +28,8 @@ def test_reference_configs_validate():
     for name in ("fashion_mnist", "cifar10", "imagenette"):
         validate(config(name, "cpu"), num_devices=4)
     validate(config("imagenette", "alexnet224"), num_devices=4)
+    for arg in ("resnet18", "resnet18_v2"):
+        validate(config("digits", arg), num_devices=4)
     for arg in ("photos", "photos,smoke", "photos,alexnet224", "photos,resnet18", "photos,resnet50"):
         validate(config("folder", arg), num_devices=4)
 
