@@ -86,6 +86,7 @@ def swav_checkpoint(path, seed=0, prototypes=(20, 30)):
     return net
 
 
+@pytest.mark.slow
 def test_swavs_deepcluster_v2_layout_converts_to_the_same_outputs_and_back_exactly(tmp_path):
     from dcjax.methods.deepcluster_v2 import DeepClusterV2
 
@@ -124,6 +125,7 @@ def test_swavs_deepcluster_v2_layout_converts_to_the_same_outputs_and_back_exact
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_a_converted_network_serves_both_methods_and_evaluation(tmp_path):
     """A DeepCluster-v2 file gives its trunk to a DeepCluster (v1) ResNet; a torchvision trunk
     goes under a DeepCluster-v2 head drawn afresh; prototypes of another size are drawn afresh
