@@ -10,8 +10,10 @@ pseudo-labels sampled uniformly over the clusters, 200 epochs, batch 512 (8 GPUs
 momentum 0.9, weight decay 1e-5, the head without momentum and reset every epoch, extraction at
 256 -> 224 centre crop. What differs from the reference: mmselfsup adds a 2-degree rotation, colour
 jitter and random grayscale to the training view (dcjax's DeepCluster view is the paper's crop +
-flip; with the Sobel front end colour reaches the network only as luminance), and its k-means is
-faiss's where dcjax picks faiss on CPU hosts and its own JAX k-means on accelerators.
+flip; with the Sobel front end colour reaches the network only as luminance), its BatchNorm is per
+GPU (64 images) where dcjax's sees the whole global batch (one jit over the data-sharded batch), and
+its k-means is faiss's where dcjax picks faiss on CPU hosts and its own JAX k-means on
+accelerators.
 
 Needs `imagenet2012` prepared by TFDS in ArrayRecord format (configs/imagenet_alexnet.py). Not run
 at this scale here (no GPU):

@@ -11,8 +11,8 @@ prototypes, temperature 0.1, multi-crop 2 x 224 (scale 0.14-1) + 6 x 96 (scale 0
 4.8 with 10 warm-up epochs from 0.3 then a cosine to 0.0048, prototypes frozen for 300,000 steps
 (longer than the run: they stay the centroids). What differs from the reference: swav's crops also
 get colour distortion (jitter 0.8, grayscale 0.2) and Gaussian blur, which dcjax's pipeline does not
-have yet; its BatchNorm is synchronised over groups of 8 GPUs where dcjax's batch statistics are
-per device (config.model has no sync_bn yet).
+have yet; its BatchNorm is synchronised over groups of 8 GPUs (apex), dcjax's over the whole
+global batch (the train step is one jit over the data-sharded batch, dcjax/step.py).
 
 Needs `imagenet2012` prepared by TFDS in ArrayRecord format (configs/imagenet_alexnet.py). Not run
 at this scale here (no GPU):
