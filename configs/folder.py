@@ -77,28 +77,19 @@ def get_config(arg: str | None = None):
     c.data.decoder = "pil"
     c.pixel_baseline = True  # printed at the end when the images are labelled
 
-    if variant == "alexnet224":
+    if variant in ("alexnet224", "resnet50"):  # the ImageNet geometry of the reference networks
         c.batch_size = 256
         c.data.image_size = 224
         c.data.resize_size = 256
         c.data.crop_scale = (0.08, 1.0)
         c.eval.crop_scale = (0.08, 1.0)
-        c.model.name = "alexnet"
+        c.model.name = "alexnet" if variant == "alexnet224" else "resnet50"
         c.model.widths = ()
         c.model.fc_dim = 4096
         c.clustering.pca_dim = 256
     elif variant == "resnet18":
         c.model.name = "resnet18"
         c.model.widths = ()
-    elif variant == "resnet50":
-        c.batch_size = 256
-        c.data.image_size = 224
-        c.data.resize_size = 256
-        c.data.crop_scale = (0.08, 1.0)
-        c.eval.crop_scale = (0.08, 1.0)
-        c.model.name = "resnet50"
-        c.model.widths = ()
-        c.clustering.pca_dim = 256
     elif variant == "smoke":
         shrink_to_smoke(c)
         c.batch_size = 16

@@ -23,7 +23,7 @@ method and architecture family shrunk to run on the embedded digits in seconds (
 stem, 32 px, k = 10), for tests.
 """
 
-from dcjax.config_lib import base_config
+from dcjax.config_lib import base_config, digits_smoke
 
 
 def get_config(arg: str | None = None):
@@ -51,14 +51,5 @@ def get_config(arg: str | None = None):
 
 def smoke(c):
     """The embedded digits, a ResNet-18 with the CIFAR stem at 32 px, one epoch."""
-    c.data.name = "digits"
-    c.data.train_split, c.data.eval_split = "train", "test"
-    c.data.image_size = c.data.resize_size = 32
-    c.data.num_workers, c.data.num_threads = 0, 2
-    c.data.crop_scale = (0.3, 1.0)
-    c.data.flip = False
-    c.model.name = "resnet18_cifar"
-    c.num_epochs, c.batch_size = 1, 32
+    digits_smoke(c)
     c.clustering.k, c.clustering.pca_dim = 10, 16
-    c.checkpoint_every_steps = 0
-    c.log_every_steps = 10

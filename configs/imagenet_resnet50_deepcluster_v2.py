@@ -23,7 +23,7 @@ embedded digits (ResNet-18 with the CIFAR stem, 2 x 32 + 2 x 28 px crops, heads 
 epoch), for tests.
 """
 
-from dcjax.config_lib import base_config
+from dcjax.config_lib import base_config, digits_smoke
 
 
 def get_config(arg: str | None = None):
@@ -57,16 +57,8 @@ def get_config(arg: str | None = None):
 
 def smoke(c):
     """The embedded digits, a ResNet-18 with the CIFAR stem, small multi-crop, one epoch."""
-    c.data.name = "digits"
-    c.data.train_split, c.data.eval_split = "train", "test"
-    c.data.image_size = c.data.resize_size = 32
-    c.data.num_workers, c.data.num_threads = 0, 2
+    digits_smoke(c)
     c.data.views = ((2, 32, (0.3, 1.0)), (2, 28, (0.1, 0.3)))
-    c.data.flip = False
-    c.model.name = "resnet18_cifar"
-    c.num_epochs, c.batch_size = 1, 32
-    c.checkpoint_every_steps = 0
-    c.log_every_steps = 10
     v = c.deepcluster_v2
     v.prototypes, v.hidden_dim, v.feat_dim = (20, 30), 64, 32
     v.warmup_epochs, v.lr_epochs, v.freeze_prototypes_niters = 1, 2, 20

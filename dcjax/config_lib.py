@@ -227,6 +227,21 @@ def shrink_to_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
+def digits_smoke(c: ml_collections.ConfigDict, model: str = "resnet18_cifar") -> None:
+    """A large config's `:smoke` variant on the embedded digits at 32 px: the same method on a
+    small network of the same family, one epoch, for tests and a first check."""
+    c.data.name = "digits"
+    c.data.train_split, c.data.eval_split = "train", "test"
+    c.data.image_size = c.data.resize_size = 32
+    c.data.num_workers, c.data.num_threads = 0, 2
+    c.data.crop_scale = (0.3, 1.0)
+    c.data.flip = False
+    c.model.name = model
+    c.num_epochs, c.batch_size = 1, 32
+    c.checkpoint_every_steps = 0
+    c.log_every_steps = 10
+
+
 def flat_fields(config: Any, prefix: str = "") -> dict[str, Any]:
     """{dotted path: value} of every leaf of a ConfigDict or of its JSON dict (tuples as lists)."""
     out: dict[str, Any] = {}
