@@ -4,7 +4,8 @@ export/clusters.csv, the end-of-run lines):
   * agreement with the trivial clustering: NMI between the run's clusters and k-means on the raw
     pixels of the same images with the same k (centre view shrunk to 32x32, clustered as they are,
     as the end-of-run pixel baseline does, by scikit-learn's k-means; at most MAX_IMAGES images,
-    drawn by config.seed). High
+    drawn by config.seed, 20 iterations; not computed when k leaves fewer than 5 sampled images
+    per cluster, as ImageNet's k = 10,000 does). High
     agreement means the network mostly sorts colours and layout, which raw pixels do too;
   * cohesion per cluster: the mean resultant length of its images' PCA-whitened, L2-normalised
     features (the norm of their mean: 1 when they all point the same way, near 0 when they spread
@@ -21,6 +22,8 @@ import numpy as np
 
 PIXEL_SIDE = 32
 MAX_IMAGES = 20_000
+MIN_PER_CLUSTER = 5  # pixel images per cluster below which the agreement is not computed
+ITERATIONS = 20  # k-means iterations on the pixels (DeepCluster's own count)
 TREND_EPOCHS = 5
 STILL_MOVING = 0.02  # nmi_prev gained over the last TREND_EPOCHS epochs above which clusters move
 
@@ -62,8 +65,11 @@ def pixel_agreement(config: Any, source: Any, assignment: np.ndarray, k: int, se
     n = len(assignment)
     rng = np.random.default_rng([seed, 4099])
     pick = np.sort(rng.choice(n, MAX_IMAGES, replace=False)) if n > MAX_IMAGES else np.arange(n)
+    if k * MIN_PER_CLUSTER > len(pick):  # e.g. ImageNet's k = 10,000: the sample cannot say
+        return {"pixel_agreement_nmi": None, "pixel_agreement_images": int(len(pick))}
     x = pixel_rows(config, source, pick)
-    labels = KMeans(n_clusters=min(k, len(pick)), n_init=1, random_state=seed).fit(x).labels_
+    labels = KMeans(n_clusters=k, n_init=1, max_iter=ITERATIONS,
+                    random_state=seed).fit(x).labels_
     return {"pixel_agreement_nmi": float(nmi(labels, assignment[pick])),
             "pixel_agreement_images": int(len(pick))}
 

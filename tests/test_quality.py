@@ -64,3 +64,10 @@ def test_pixel_agreement_is_high_for_clusters_by_colour(by_colour, expected):
     result = quality.pixel_agreement(make_config(), source, assignment, 3, seed=0)
     assert result["pixel_agreement_images"] == 30
     assert result["pixel_agreement_nmi"] == pytest.approx(expected, abs=0.05)
+
+
+def test_pixel_agreement_is_not_computed_for_a_k_the_sample_cannot_support():
+    from conftest import make_config
+
+    result = quality.pixel_agreement(make_config(), Colours(12), np.arange(12) % 4, 4, seed=0)
+    assert result == {"pixel_agreement_nmi": None, "pixel_agreement_images": 12}
