@@ -235,7 +235,8 @@ def network_config(init: str, data: str, config_file: str | None = None
                    ) -> tuple[ml_collections.ConfigDict, dict, dict, dict, int]:
     """(config, params, batch_stats, info, epochs_trained) to cluster dataset `data` with the
     network `init` (a dcjax.convert folder or a run), as DeepCluster (v1) clusters: the trunk's
-    pooled / fc7 features, PCA-whitened, k-means."""
+    pooled / fc7 features, PCA-whitened, k-means. A DeepCluster-v2 network is kept whole; loading
+    it into the DeepCluster model takes its trunk (interop.load_into)."""
     from dcjax.config_lib import ConfigError, load_config_file
     from dcjax.models import interop
     from dcjax.runs import config_from_run, load_network
@@ -246,16 +247,12 @@ def network_config(init: str, data: str, config_file: str | None = None
         run_config = config_from_run(path)
         net = load_network(run_config, path)
         params, stats = jax.device_get(net.params), jax.device_get(net.batch_stats)
-        if "backbone" in params:  # a DeepCluster-v2 network: its trunk
-            params, stats = params["backbone"], stats.get("backbone", {})
         info = {"arch": run_config.model.name, "sobel": bool(run_config.model.sobel),
                 "method": run_config.method, "source": f"run {path} (checkpoint {net.step})"}
         config = _config_file(config_file) if config_file else run_config
         epochs = net.epochs_trained
     elif interop.is_network_dir(path):
         params, stats, info = interop.load_network_dir(path)
-        if "backbone" in params:
-            params, stats = params["backbone"], stats.get("backbone", {})
         arch = info["arch"]
         if config_file:
             config = _config_file(config_file)
