@@ -41,17 +41,37 @@ L2-normalised, mean of 10, on the training images as there is no held-out split)
 
 import os
 
-from dcjax.config_lib import base_config, shrink_to_smoke
+from dcjax.config_lib import base_config, network_fields, set_fields, shrink_to_smoke
 
 VARIANTS = ("alexnet224", "resnet18", "resnet50", "smoke")
 
 
-def get_config(arg: str | None = None):
-    name, _, variant = (arg or "").partition(",")
+def parse(arg: str | None) -> tuple[str, str, str]:
+    """(dataset name, variant or '', init or '') of `NAME[,VARIANT][,init=DIR]`."""
+    name, *rest = (arg or "").split(",")
+    variant, init = "", ""
+    for part in rest:
+        if part.startswith("init="):
+            init = part.removeprefix("init=")
+            if not init:
+                raise ValueError(f"configs/folder.py:{arg}: init= needs a run or network folder")
+        elif part in VARIANTS and not variant:
+            variant = part
+        else:
+            raise ValueError(f"configs/folder.py:{arg}: {part!r} is not a variant "
+                             f"({', '.join(VARIANTS)}) nor init=DIR")
     if not name:
         raise ValueError("configs/folder.py needs the dataset's name: --config=configs/folder.py:NAME")
-    if variant and variant not in VARIANTS:
-        raise ValueError(f"configs/folder.py:{arg}: the variant must be one of {VARIANTS}")
+    return name, variant, init
+
+
+def get_config(arg: str | None = None):
+    name, variant, init = parse(arg)
+    if init and not variant:
+        # A converted release brings its architecture's geometry and optimiser sizes.
+        arch = network_fields(init).get("model.name", "")
+        variant = {"alexnet": "alexnet224", "vgg16": "alexnet224",
+                   "resnet50": "resnet50"}.get(arch, "")
     c = base_config()
     c.num_epochs = 30
     c.batch_size = 128
@@ -102,4 +122,7 @@ def get_config(arg: str | None = None):
         c.clustering.pca_dim = 8
         c.clustering.iterations = 5
         c.pixel_baseline = False
+    if init:
+        set_fields(c, network_fields(init))
+        c.model.init = init
     return c

@@ -242,6 +242,48 @@ def digits_smoke(c: ml_collections.ConfigDict, model: str = "resnet18_cifar") ->
     c.log_every_steps = 10
 
 
+def network_fields(init: str) -> dict[str, Any]:
+    """The config fields ('model.name', 'data.image_size', ...) that make a model fit the network
+    `init` (a dcjax run, an `export --init` folder or a `dcjax.convert` folder), read from its JSON
+    files only: what a config file sets to fine-tune from it (configs/folder.py:NAME,init=DIR)."""
+    import json
+
+    path = Path(init).expanduser()
+    if (path / "config.json").exists():  # a run or an export --init folder: its own model
+        saved = json.loads((path / "config.json").read_text())
+        fields = {f"model.{k}": _tuples(v) for k, v in saved.get("model", {}).items()
+                  if k != "init"}
+        fields.update({f"data.{k}": saved["data"][k] for k in ("image_size", "resize_size")
+                       if k in saved.get("data", {})})
+        return fields
+    if (path / "network.json").exists():  # a converted release: its architecture's geometry
+        info = json.loads((path / "network.json").read_text())
+        arch = str(info.get("arch", ""))
+        fields = {"model.name": arch, "model.widths": (), "model.sobel": bool(info.get("sobel", True))}
+        if arch in ("alexnet", "vgg16") and info.get("fc_dim"):
+            fields["model.fc_dim"] = int(info["fc_dim"])
+        small = arch.endswith("_cifar")
+        fields["data.image_size"], fields["data.resize_size"] = (32, 36) if small else (224, 256)
+        return fields
+    raise ConfigError(f"init={init} is neither a dcjax run (config.json) nor a folder written by "
+                      f"python -m dcjax.convert or export --init (network.npz, network.json)")
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def set_fields(c: ml_collections.ConfigDict, fields: dict[str, Any]) -> None:
+    """Sets dotted fields ('model.name': ...) that exist in `c`; unknown ones are skipped."""
+    for dotted, value in fields.items():
+        section, _, key = dotted.rpartition(".")
+        node = c
+        for part in section.split(".") if section else []:
+            node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+        if isinstance(node, ml_collections.ConfigDict) and key in node:
+            node[key] = value
+
+
 def flat_fields(config: Any, prefix: str = "") -> dict[str, Any]:
     """{dotted path: value} of every leaf of a ConfigDict or of its JSON dict (tuples as lists)."""
     out: dict[str, Any] = {}

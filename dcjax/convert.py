@@ -2,6 +2,7 @@ r"""Networks in and out of the released checkpoint layouts (docs/interop.md).
 
     python -m dcjax.convert --from_torch=checkpoint.pth.tar [--arch=NAME] [--method=M] --out=DIR
     python -m dcjax.convert --to_torch=FILE.pth --workdir=RUN [--step=N]
+    python -m dcjax.convert --fetch=NAME --out=DIR      (--list prints the names)
 
 `--from_torch` reads a PyTorch state dict (`dcjax.models.interop`): AlexNet / VGG16 in the official
 DeepCluster layout (a leading `module.`, `features.module.` and a {'state_dict': ...} checkpoint as
@@ -15,8 +16,10 @@ The architecture and the method come from the file (its `arch` field, else its l
 (`--config.model.init=DIR`) use. `--to_torch` writes a run's network (latest or --step
 checkpoint) in the layout it came from: AlexNet / VGG16 as the official main.py saves
 ({'epoch', 'arch', 'state_dict'}), a ResNet as a torchvision state dict, a DeepCluster-v2 network
-as swav releases it. The round trip is exact. Reading or writing .pth files needs PyTorch (the CPU
-build is enough).
+as swav releases it. The round trip is exact. `--fetch=NAME` downloads a released network
+(dcjax.releases: the official AlexNet / VGG16, swav's DeepCluster-v2 ResNet-50s), verifies it and
+converts it in one step; `--fetch=URL --sha256=HEX` does the same for any file. Reading or
+writing .pth files needs PyTorch (the CPU build is enough).
 """
 
 from __future__ import annotations
@@ -106,6 +109,66 @@ def write_torch(path: str | Path, state: dict[str, np.ndarray], arch: str, epoch
                {"epoch": epoch, "arch": arch, "state_dict": tensors}, str(path))
 
 
+def convert_file(path: str | Path, out: str | None, arch: str | None = None,
+                 method: str | None = None, extra: dict | None = None,
+                 flag: str = "--from_torch", check=None) -> dict:
+    """Converts a released-layout file into OUT/network.npz + network.json; returns its info."""
+    if not out:
+        raise ConvertError(f"{flag} needs --out=DIR")
+    state, in_file = read_torch(path)
+    arch = choose_arch(path, arch, in_file, state)
+    params, stats, info = from_torch_state(state, arch)
+    found = info.get("method", "deepcluster")
+    if method and method != found:
+        raise ConvertError(f"--method={method} but {flag}={path} holds a {found} network"
+                           + (" (no projection_head / prototypes)" if found == "deepcluster" else
+                              " (projection_head and prototypes)"))
+    info["source"] = str(path)
+    info.update(extra or {})
+    if check is not None:
+        check(info)  # raises before anything is written
+    save_network(out, params, stats, info)
+    what = (f"prototypes {tuple(info['prototypes'])}, projection {info['hidden_dim']} -> "
+            f"{info['feat_dim']}" if found == "deepcluster_v2" else f"k={info['k']}")
+    print(f"{info['arch']} {found} ({what}, features {info['fc_dim']}) written to {out}; use it "
+          f"with python -m dcjax.export --init={out}, python -m dcjax.evaluate --init={out} or "
+          f"--config.model.init={out}")
+    return info
+
+
+def fetch(spec: str, sha256: str | None, out: str | None, arch: str | None = None,
+          method: str | None = None) -> dict:
+    """--fetch=NAME_OR_URL: download (verified, dcjax.releases), then convert into OUT."""
+    from dcjax import releases
+    from dcjax.models.interop import NETWORK_FILE
+
+    if not out:
+        raise ConvertError("--fetch needs --out=DIR")
+    if (Path(out) / NETWORK_FILE).exists():
+        raise ConvertError(f"{Path(out) / NETWORK_FILE} exists already; choose another --out")
+    url, expected, release = releases.resolve(spec, sha256)
+    if release is not None:
+        for flag, given, listed in (("arch", arch, release.arch),
+                                    ("method", method, release.method)):
+            if given and given != listed:
+                raise ConvertError(f"--{flag}={given} but {spec} is a {listed} network; drop "
+                                   f"--{flag}")
+    path, digest, cached = releases.download(url, expected)
+    print(f"{'cached' if cached else 'downloaded'} {url} -> {path}, sha256 {digest} "
+          + ("(verified)" if expected else
+             "(dcjax's table records no checksum for it yet: compare it with a trusted copy and "
+             "pin it with --sha256)"))
+
+    def as_listed(info: dict) -> None:
+        found = (info["arch"], info.get("method", "deepcluster"))
+        if release is not None and found != (release.arch, release.method):
+            raise ConvertError(f"{url} holds a {' '.join(found)} network, not the "
+                               f"{release.arch} {release.method} that dcjax's table lists")
+
+    return convert_file(path, out, arch, method, flag="--fetch", check=as_listed,
+                        extra={"source_url": url, "source_sha256": digest})
+
+
 def main(argv: list[str]) -> None:
     from absl import flags
 
@@ -114,29 +177,19 @@ def main(argv: list[str]) -> None:
     f = flags.FLAGS
 
     def body() -> None:
-        if bool(f.from_torch) == bool(f.to_torch):
-            raise ConvertError("give exactly one of --from_torch=FILE (with --arch, --out) and "
-                               "--to_torch=FILE (with --workdir)")
+        if f.list:
+            from dcjax.releases import table
+
+            print(table())
+            return
+        if sum(map(bool, (f.from_torch, f.to_torch, f.fetch))) != 1:
+            raise ConvertError("give exactly one of --from_torch=FILE or --fetch=NAME (with "
+                               "--out=DIR) and --to_torch=FILE (with --workdir)")
+        if f.fetch:
+            fetch(f.fetch, f.sha256, f.out, f.arch, f.method)
+            return
         if f.from_torch:
-            if not f.out:
-                raise ConvertError("--from_torch needs --out=DIR")
-            state, in_file = read_torch(f.from_torch)
-            arch = choose_arch(f.from_torch, f.arch, in_file, state)
-            params, stats, info = from_torch_state(state, arch)
-            method = info.get("method", "deepcluster")
-            if f.method and f.method != method:
-                raise ConvertError(f"--method={f.method} but --from_torch={f.from_torch} holds a "
-                                   f"{method} network"
-                                   + (" (no projection_head / prototypes)"
-                                      if method == "deepcluster" else
-                                      " (projection_head and prototypes)"))
-            info["source"] = str(f.from_torch)
-            save_network(f.out, params, stats, info)
-            what = (f"prototypes {tuple(info['prototypes'])}, projection {info['hidden_dim']} -> "
-                    f"{info['feat_dim']}" if method == "deepcluster_v2" else f"k={info['k']}")
-            print(f"{info['arch']} {method} ({what}, features {info['fc_dim']}) written to "
-                  f"{f.out}; use it with python -m dcjax.evaluate --init={f.out} or "
-                  f"--config.model.init={f.out}")
+            convert_file(f.from_torch, f.out, f.arch, f.method)
             return
         if not f.workdir:
             raise ConvertError("--to_torch needs --workdir=RUN")
@@ -169,7 +222,12 @@ def _define_flags() -> None:
     flags.DEFINE_enum("method", None, list(METHODS), "The method --from_torch was trained with "
                       "(default: what its layers say; a DeepCluster-v2 file has a projection head "
                       "and prototypes).")
-    flags.DEFINE_string("out", None, "Folder for the converted network (--from_torch).")
+    flags.DEFINE_string("fetch", None, "Download, verify and convert a released network: a name "
+                        "of dcjax.releases' table (--list) or a URL with --sha256.")
+    flags.DEFINE_string("sha256", None, "The sha256 --fetch's file must have (default: the "
+                        "table's, when it records one).")
+    flags.DEFINE_bool("list", False, "Print the table of released networks and exit.")
+    flags.DEFINE_string("out", None, "Folder for the converted network (--from_torch, --fetch).")
     flags.DEFINE_string("to_torch", None, "A .pth file to write the run's network to.")
     flags.DEFINE_string("workdir", None, "The run whose network --to_torch writes.")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")

@@ -47,7 +47,7 @@ from dcjax.evaluate import evaluators
 from dcjax.evaluate.common import Splits
 from dcjax.evaluate.representations import NetworkEmbedding
 from dcjax.features import progress
-from dcjax.runs import saved_config
+from dcjax.runs import init_weights, saved_config
 from dcjax.sharding import default_mesh
 from dcjax.stopping import Diverged, Interrupted, NoSpace, StopSignal
 from dcjax.validation import validate
@@ -103,6 +103,10 @@ class Run:
 
     def loader_options(self) -> dict:
         return pipeline.loader_options(self.config)
+
+    def init_weights(self, params: Any, batch_stats: Any) -> tuple[dict, dict]:
+        """config.model.init's network (a converted folder or a run) in place of drawn weights."""
+        return init_weights(self.config.model.init, params, batch_stats)
 
     def print(self, *args) -> None:
         """print on process 0 only."""

@@ -152,3 +152,25 @@ def saved_config(workdir: Path) -> dict | None:
         return record.get("config", record) if path.name == "metadata" else record
     raise WorkdirError(f"--workdir={workdir} has checkpoints but no readable config.json: cannot "
                        f"tell which config wrote them; use a new --workdir")
+
+
+def init_weights(init: str, params: Any, batch_stats: Any) -> tuple[dict, dict]:
+    """config.model.init's network in place of a drawn `params` / `batch_stats` (host arrays):
+    a folder written by `python -m dcjax.convert` or `export --init`, or a dcjax run (its latest
+    checkpoint, of either method). Layers the source lacks or holds at another size (a top layer
+    of another k, DeepCluster-v2's head for a DeepCluster model) keep their drawn values."""
+    from dcjax.models import interop
+
+    path = Path(init).expanduser()
+    if interop.is_network_dir(path):
+        return interop.load_into(path, params, batch_stats)
+    if not (path / "config.json").exists():
+        raise ConfigError(f"config.model.init={init} is neither a dcjax run (config.json, "
+                          f"checkpoints/) nor a folder written by python -m dcjax.convert or "
+                          f"export --init (network.npz, network.json)")
+    run_config = config_from_run(path)
+    net = load_network(run_config, path)
+    what = "export --init folder" if net.step is None else f"checkpoint {net.step}"
+    return interop.fit_into(net.params, net.batch_stats,
+                            f"config.model.init={init} (a {run_config.model.name} run, {what})",
+                            params, batch_stats)

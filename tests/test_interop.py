@@ -236,7 +236,7 @@ def test_evaluate_and_training_take_a_converted_network(tmp_path):
     config.model.init = str(tmp_path / "net")
     validate(config, num_devices=4)
     config.model.init = str(tmp_path / "nothing")
-    with pytest.raises(ConfigError, match="is not a folder written by python -m dcjax.convert"):
+    with pytest.raises(ConfigError, match="is neither a folder written by python -m dcjax.convert"):
         validate(config, num_devices=4)
 
 

@@ -503,3 +503,49 @@ def test_a_trained_network_clusters_another_folder_without_training(unlabeled_ru
         export_with_network(str(root / "run"), "more", str(out), k=3)
     with pytest.raises(ConfigError, match="is neither a dcjax run"):
         export_with_network(str(tmp_path), "more", str(tmp_path / "other"))
+
+
+def test_folder_config_fine_tunes_from_a_run_or_an_export(unlabeled_run, tmp_path):
+    """`configs/folder.py:NAME,init=DIR`: the model is the one DIR holds (a run or an `export
+    --init` folder), and training starts from DIR's weights (the top layer of another k drawn)."""
+    import jax
+
+    from dcjax.config_lib import ConfigError
+    from dcjax.export import export_with_network
+    from dcjax.runs import config_from_run, init_weights, load_network
+    from dcjax.train import train_and_evaluate
+
+    root, _ = unlabeled_run
+    run = root / "run"
+    c = load_config_file(str(ROOT / "configs" / "folder.py"), f"photos,smoke,init={run}")
+    source = config_from_run(run)
+    assert c.model.init == str(run)
+    assert (c.model.name, tuple(c.model.widths), c.model.fc_dim, c.data.image_size) == (
+        source.model.name, tuple(source.model.widths), source.model.fc_dim,
+        source.data.image_size)
+    net = load_network(source, run)
+    drawn = load_network(source, run, "random")
+    params, stats = init_weights(str(run), drawn.params, drawn.batch_stats)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(jax.device_get(net.params)),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+    # An export --init folder serves the same way (its network is the run's).
+    export_with_network(str(run), "photos", str(tmp_path / "zero"), k=3)
+    params2, _ = init_weights(str(tmp_path / "zero"), drawn.params, drawn.batch_stats)
+    np.testing.assert_array_equal(params2["conv1"]["kernel"], params["conv1"]["kernel"])
+    with pytest.raises(ConfigError, match="neither a dcjax run"):
+        init_weights(str(tmp_path), drawn.params, drawn.batch_stats)
+    with pytest.raises(ValueError, match="is not a variant"):
+        load_config_file(str(ROOT / "configs" / "folder.py"), "photos,big")
+
+    # One epoch of fine-tuning starts from the run's weights: its network ends near them, far
+    # from a random initialisation.
+    c.data.data_dir = str(root / "tfds")
+    c.num_epochs, c.seed = 1, 7
+    train_and_evaluate(c, str(tmp_path / "tuned"))
+    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["model"]["init"] == str(run)
+    tuned_config = config_from_run(tmp_path / "tuned")
+    tuned = load_network(tuned_config, tmp_path / "tuned")
+    own_draw = load_network(tuned_config, tmp_path / "tuned", "random")
+    kernel = [np.asarray(x["conv1"]["kernel"]) for x in (tuned.params, net.params, own_draw.params)]
+    assert np.linalg.norm(kernel[0] - kernel[1]) < 0.2 * np.linalg.norm(kernel[2] - kernel[1])

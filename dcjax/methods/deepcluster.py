@@ -29,7 +29,7 @@ from dcjax.data.datasets import DatasetInfo, open_split
 from dcjax.export import read_ids, write_export
 from dcjax.features import write_rows_fn
 from dcjax.methods.base import Method, field
-from dcjax.models import from_config, interop
+from dcjax.models import from_config
 from dcjax.plots import (
     nearest_to_centroids,
     pick_clusters,
@@ -149,7 +149,7 @@ class DeepCluster(Method):
         c = self.run.config
         state = self.random_state()
         if c.model.init:  # a converted network (dcjax.convert) in place of the random body
-            params, stats = interop.load_into(c.model.init, state.params, state.batch_stats)
+            params, stats = self.run.init_weights(state.params, state.batch_stats)
             state = state.replace(params=jax.device_put(params, self.run.replicated),
                                   batch_stats=jax.device_put(stats, self.run.replicated))
         return state

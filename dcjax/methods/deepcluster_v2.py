@@ -53,7 +53,7 @@ from dcjax.data import pipeline
 from dcjax.data.pipeline import normalize
 from dcjax.methods.base import Method, field
 from dcjax.methods.deepcluster import compare_with_baselines, label_metrics
-from dcjax.models import from_config, interop
+from dcjax.models import from_config
 from dcjax.runs import Network
 from dcjax.sharding import AXIS, replicated
 
@@ -272,7 +272,7 @@ class DeepClusterV2(Method):
         weights. The bank is filled by the network it starts from."""
         state, c = self.random_state(), self.run.config
         if c.model.init:
-            params, stats = interop.load_into(c.model.init, state.params, state.batch_stats)
+            params, stats = self.run.init_weights(state.params, state.batch_stats)
             state = state.replace(params=jax.device_put(params, self.run.replicated),
                                   batch_stats=jax.device_put(stats, self.run.replicated))
         return state

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -91,9 +92,10 @@ def check_config(config: Any) -> None:
     takes = REGISTRY[m.name].widths
     require(not m.widths or (takes and len(m.widths) == takes),
             f"config.model.widths={tuple(m.widths)} needs alexnet_small and 5 values")
-    require(not m.init or interop.is_network_dir(m.init),
-            f"config.model.init={m.init!r} is not a folder written by python -m dcjax.convert "
-            f"(network.npz, network.json)")
+    init = Path(str(m.init)).expanduser()
+    require(not m.init or interop.is_network_dir(init) or (init / "config.json").is_file(),
+            f"config.model.init={m.init!r} is neither a folder written by python -m dcjax.convert "
+            f"or export --init (network.npz, network.json) nor a dcjax run (config.json)")
 
 
 def create_model(

@@ -414,11 +414,19 @@ def load_into(directory: str | Path, params: Any, batch_stats: Any) -> tuple[dic
     """The converted network of `directory` in place of the configured model's `params` and
     `batch_stats` (a ConvertError if a layer differs); the configured model's own values where
     `_drawn_afresh` allows the file to lack them or to hold another size."""
+    have_p, have_s, info = load_network_dir(directory)
+    return fit_into(have_p, have_s, f"{directory} (a {info.get('arch', '?')})", params,
+                    batch_stats)
+
+
+def fit_into(have_p: dict, have_s: dict, label: str, params: Any, batch_stats: Any
+             ) -> tuple[dict, dict]:
+    """`load_into` for a network in memory (`label` names it in errors)."""
     import jax
 
-    have_p, have_s, info = load_network_dir(directory)
+    have_p, have_s = jax.device_get(have_p), jax.device_get(have_s)
     want_p, want_s = jax.device_get(params), jax.device_get(batch_stats)
-    check_fits(have_p, have_s, want_p, want_s, f"{directory} (a {info.get('arch', '?')})")
+    check_fits(have_p, have_s, want_p, want_s, label)
     have_p, have_s = _as_model(have_p, have_s, want_p)
     have = _flatten({"params": have_p, "batch_stats": have_s})
     out = {}
