@@ -343,6 +343,103 @@ def test_gallery_renders_in_a_browser(unlabeled_run, tmp_path):
     assert len(list((folder / "thumbs").glob("*.jpg"))) == 48
 
 
+def drive(page: Path, actions: str, fragment: str = "") -> str:
+    """The DOM Chromium ends on after `actions` (JavaScript) ran 50 ms after `page` loaded (a copy
+    of the page beside it, so its relative links work); a navigation they cause is followed."""
+    copy = page.with_name("_driven_" + page.name)
+    copy.write_text(page.read_text().replace(
+        "</body>", "<script>window.addEventListener('load', function () { setTimeout(function () "
+        "{ " + actions + " }, 50); });</script></body>"))
+    return rendered_uri(copy.as_uri() + fragment)
+
+
+def rendered_uri(uri: str) -> str:
+    result = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+                             "--virtual-time-budget=5000", "--dump-dom", uri],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def key(name: str) -> str:
+    return f"document.dispatchEvent(new KeyboardEvent('keydown', {{key: '{name}'}}));"
+
+
+def attribute(dom: str, name: str) -> str:
+    return dom.split(f'{name}="')[1].split('"')[0]
+
+
+@pytest.mark.slow
+def test_gallery_can_be_acted_on_in_a_browser(unlabeled_run, tmp_path):
+    """The gallery in headless Chromium: keyboard and click navigation between the index, the
+    clusters, their pages and the full views; search by file name; the cluster file lists; links
+    to the original files; similar images; duplicates flagged (byte-identical at import)."""
+    from dcjax.gallery import gallery, read_assignments
+
+    root, _ = unlabeled_run
+    # A copy of the run whose dataset's import report lists a byte-identical pair.
+    data_dir = tmp_path / "tfds"
+    shutil.copytree(root / "tfds" / "photos", data_dir / "photos")
+    report_file = data_dir / "photos" / "1.0.0" / "import_report.json"
+    report = json.loads(report_file.read_text())
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run, ignore=shutil.ignore_patterns("checkpoints", "gallery"))
+    config = json.loads((run / "config.json").read_text())
+    config["data"]["data_dir"] = str(data_dir)
+    (run / "config.json").write_text(json.dumps(config))
+    a = read_assignments(run / "export" / "assignments.csv")
+    ids = a["ids"]
+    report["duplicates"] = [[ids[5], ids[9]]]
+    report_file.write_text(json.dumps(report))
+    folder, stats = gallery(str(run), strip=5, per_page=10, duplicate_similarity=0.9999)
+    assert stats["duplicate_groups"] >= 1
+    sizes = np.bincount(a["cluster"])
+    order = [int(c) for c in np.argsort(-sizes, kind="stable") if sizes[c] > 0]
+    members = {c: [int(i) for i in np.lexsort((a["distance"], a["cluster"]))
+                   if a["cluster"][i] == c] for c in order}
+
+    # Index: the right arrow opens the largest cluster; its title names the run.
+    index = folder / "index.html"
+    dom = drive(index, key("ArrowRight"))
+    assert f"<h1>cluster {order[0]}: {sizes[order[0]]} images" in dom
+    assert "run run: the 48 images of 'photos' in 4 clusters" in rendered(index)
+    # Cluster page: right arrow -> the next cluster; PageDown -> its second page; Escape -> index.
+    first = folder / f"cluster_{order[0]:04d}.html"
+    assert f"<h1>cluster {order[1]}: " in drive(first, key("ArrowRight"))
+    if sizes[order[0]] > 10:
+        assert "page 2 of" in drive(first, key("PageDown"))
+    assert 'id="search"' in drive(first, key("Escape"))
+    # A click on a thumbnail opens its full view: the image, its original file, similar images.
+    dom = drive(first, "document.querySelector('a.view').click();")
+    shown = members[order[0]][0]
+    assert attribute(dom, "data-shown") == str(shown)
+    assert f'<h1 id="name">{ids[shown]}</h1>' in dom
+    original = dom.split('id="orig"')[0].rsplit('href="', 1)[1].split('"')[0]
+    assert original.startswith("file://") and original.endswith(ids[shown])
+    assert Path(original.removeprefix("file://")).read_bytes() == (
+        root / "photos" / ids[shown]).read_bytes()
+    assert dom.count('<a href="view.html#') >= 8 + 2  # similar images and previous / next
+    # In the viewer, the right arrow shows the next image of the cluster, Escape its page.
+    view = folder / "view.html"
+    dom = drive(view, key("ArrowRight"), fragment=f"#{shown}")
+    assert attribute(dom, "data-shown") == str(members[order[0]][1])
+    assert f"<h1>cluster {order[0]}: " in drive(view, key("Escape"), fragment=f"#{shown}")
+    # The byte-identical pair is flagged in each other's view and on the duplicates page.
+    dom = rendered_uri(view.as_uri() + "#5")
+    assert "possible duplicates (1)" in dom and 'href="view.html#9"' in dom.split('id="duplist"')[1]
+    assert "thumbs/0000005.jpg" in (folder / "duplicates.html").read_text()
+    # Search by file name.
+    dom = drive(index, "var b = document.getElementById('search'); b.value = 'album_2/2020'; "
+                       "b.dispatchEvent(new Event('input'));")
+    expected = sum("album_2/2020" in i for i in ids)
+    assert f'id="hits">{expected} image(s) match' in dom and dom.count('class="hit"') == expected
+    # Each cluster's file list: its members' original files, nearest first.
+    for c in order:
+        lines = (folder / "lists" / f"cluster_{c:04d}.txt").read_text().splitlines()
+        assert lines == [str((root / "photos" / ids[i]).resolve()) for i in members[c]]
+    assert f'href="lists/cluster_{order[0]:04d}.txt" download' in index.read_text()
+
+
 @pytest.mark.slow
 def test_labels_never_change_training(unlabeled_run, tmp_path):
     """The same folder imported with --layout=class (labels from the top folders) trains to the
