@@ -58,6 +58,7 @@ class Clustering:
     distance: np.ndarray | None = None  # [N] float32
     features: Features | None = None
     reduced: jax.Array | None = None
+    cohesion_median: float | None = None  # dcjax.quality.median_cohesion of this clustering
 
     @property
     def k(self) -> int:
@@ -107,13 +108,17 @@ def cluster_network(config: ml_collections.ConfigDict, feature_fn: Callable, var
                         on_iteration=on_iteration, row_ids=f.image)
     t3 = time.time()
     n = len(source)
+    from dcjax.quality import median_cohesion
+
+    cohesion = median_cohesion(reduced, np.asarray(result.assignment), f.valid, c.clustering.k)
     out = Clustering(
         assignment=_dataset_order(result.assignment, f.image, f.valid, n),
         centroids=np.asarray(result.centroids, np.float32), pca=pca,
         objective=float(result.objective[-1]), num_splits=result.num_splits,
         rescored_share=result.rescored_share, labels=f.labels,
         image=f.image, valid=f.valid,
-        seconds={"time_extract": t1 - t0, "time_pca": t2 - t1, "time_kmeans": t3 - t2})
+        seconds={"time_extract": t1 - t0, "time_pca": t2 - t1, "time_kmeans": t3 - t2},
+        cohesion_median=cohesion)
     if nearest:
         best, dist = assign(reduced, out.centroids, chunk_size=c.clustering.chunk_size, mesh=mesh,
                             precision=c.clustering.precision)

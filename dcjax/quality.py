@@ -55,23 +55,58 @@ def pixel_rows(config: Any, source: Any, indices: np.ndarray) -> np.ndarray:
     return np.stack(rows).astype(np.float32) / 255.0
 
 
-def pixel_agreement(config: Any, source: Any, assignment: np.ndarray, k: int, seed: int) -> dict:
-    """{'pixel_agreement_nmi', 'pixel_agreement_images'}: NMI between `assignment` (dataset order)
-    and k-means on the raw pixels of the same images with the same k."""
+def pixel_clustering(config: Any, source: Any, k: int, seed: int) -> dict:
+    """{'pick': the sampled dataset indices, 'labels': k-means on their raw pixels (None when k
+    leaves fewer than MIN_PER_CLUSTER sampled images per cluster)}: the trivial clustering that
+    `agreement` compares a run's clusters with."""
     from sklearn.cluster import KMeans
 
-    from dcjax.metrics import nmi
-
-    n = len(assignment)
+    n = len(source)
     rng = np.random.default_rng([seed, 4099])
     pick = np.sort(rng.choice(n, MAX_IMAGES, replace=False)) if n > MAX_IMAGES else np.arange(n)
     if k * MIN_PER_CLUSTER > len(pick):  # e.g. ImageNet's k = 10,000: the sample cannot say
-        return {"pixel_agreement_nmi": None, "pixel_agreement_images": int(len(pick))}
+        return {"pick": pick, "labels": None}
     x = pixel_rows(config, source, pick)
-    labels = KMeans(n_clusters=k, n_init=1, max_iter=ITERATIONS,
-                    random_state=seed).fit(x).labels_
-    return {"pixel_agreement_nmi": float(nmi(labels, assignment[pick])),
-            "pixel_agreement_images": int(len(pick))}
+    labels = KMeans(n_clusters=k, n_init=1, max_iter=ITERATIONS, random_state=seed).fit(x).labels_
+    return {"pick": pick, "labels": labels}
+
+
+def agreement(pixels: dict, assignment: np.ndarray) -> float | None:
+    """NMI between `assignment` (dataset order) and the pixel clustering, or None."""
+    from dcjax.metrics import nmi
+
+    if pixels["labels"] is None:
+        return None
+    return float(nmi(pixels["labels"], np.asarray(assignment)[pixels["pick"]]))
+
+
+def pixel_agreement(config: Any, source: Any, assignment: np.ndarray, k: int, seed: int,
+                    pixels: dict | None = None) -> dict:
+    """{'pixel_agreement_nmi', 'pixel_agreement_images'}: NMI between `assignment` (dataset order)
+    and k-means on the raw pixels of the same images with the same k (`pixels`, when given, is
+    that clustering already computed)."""
+    pixels = pixels or pixel_clustering(config, source, k, seed)
+    return {"pixel_agreement_nmi": agreement(pixels, assignment),
+            "pixel_agreement_images": int(len(pixels["pick"]))}
+
+
+def median_cohesion(reduced: Any, assignment_rows: np.ndarray, valid: np.ndarray, k: int
+                    ) -> float | None:
+    """The median over non-empty clusters of `cohesion`, from the clustered rows as k-means saw
+    them (reduced [R, d] on the devices, row order); None where the rows are not all on this
+    process (multi-host)."""
+    import jax
+
+    if isinstance(reduced, jax.Array) and not reduced.is_fully_addressable:
+        return None
+    a = np.where(np.asarray(valid), np.asarray(assignment_rows), k).astype(np.int32)
+    sums = jax.jit(lambda x, s: jax.ops.segment_sum(x, s, num_segments=k + 1))(reduced, a)
+    sums = np.asarray(sums, np.float64)[:k]
+    sizes = np.bincount(a, minlength=k + 1)[:k]
+    nonempty = sizes > 0
+    if not nonempty.any():
+        return None
+    return float(np.median(np.linalg.norm(sums[nonempty], axis=1) / sizes[nonempty]))
 
 
 def cohesion(features: np.ndarray, assignment: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -66,6 +66,10 @@ class ClusteringRecord:
     nonempty_clusters: int | None = None
     largest_cluster_frac: float | None = None
     size_entropy_normalized: float | None = None
+    # Label-free (dcjax.quality): NMI with k-means on the raw pixels (same k, same images) and the
+    # median cluster cohesion of the clustered features.
+    pixel_agreement: float | None = None
+    cohesion_median: float | None = None
     time_extract: float | None = None
     time_pca: float | None = None
     time_kmeans: float | None = None
@@ -234,7 +238,11 @@ class DeepCluster(Method):
 
         return (f"epoch {r['epoch']}: loss {f('loss')} nmi_labels {f('nmi_labels')} "
                 f"nmi_prev {f('nmi_prev')} nonempty {f('nonempty_clusters', 'd')} "
-                f"| extract {f('time_extract', '.1f')}s pca {f('time_pca', '.1f')}s "
+                + (f"pixel_agreement {f('pixel_agreement', '.3f')} "
+                   if r.get("pixel_agreement") is not None else "")
+                + (f"cohesion {f('cohesion_median', '.3f')} "
+                   if r.get("cohesion_median") is not None else "")
+                + f"| extract {f('time_extract', '.1f')}s pca {f('time_pca', '.1f')}s "
                 f"kmeans {f('time_kmeans', '.1f')}s"
                 + (f" ({r['kmeans_rescored']:.1%} re-scored)" if r.get("kmeans_rescored") else "")
                 + f" train {f('time_train', '.1f')}s"
@@ -287,9 +295,23 @@ class DeepCluster(Method):
             nmi_prev=metrics.nmi(previous, assignment) if previous is not None else None,
             **label_metrics(result.labels, assignment, self.run.info),
             **{key: value for key, value in sizes.items() if key in RECORD_KEYS},
+            pixel_agreement=self.pixel_agreement(assignment),
+            cohesion_median=result.cohesion_median,
             **result.seconds,
         )
         return result, record
+
+    def pixel_agreement(self, assignment: np.ndarray) -> float | None:
+        """dcjax.quality.agreement of `assignment` with the pixel clustering (computed once a
+        process run, on the lead process)."""
+        from dcjax import quality
+
+        c, run = self.run.config, self.run
+        if not run.lead:
+            return None
+        if getattr(self, "_pixels", None) is None:
+            self._pixels = quality.pixel_clustering(c, run.source, c.clustering.k, c.seed)
+        return quality.agreement(self._pixels, assignment)
 
     def write_cluster_grid(self, assignment: np.ndarray, distance: np.ndarray, epoch: int,
                            clusters: int = 10, per_cluster: int = 8) -> None:
@@ -355,7 +377,8 @@ class DeepCluster(Method):
         from dcjax.export import read_cohesion
 
         c, run = self.run.config, self.run
-        signals = {**quality.pixel_agreement(c, run.source, np.asarray(nearest), k, c.seed),
+        signals = {**quality.pixel_agreement(c, run.source, np.asarray(nearest), k, c.seed,
+                                             getattr(self, "_pixels", None)),
                    **quality.trend(history)}
         values = read_cohesion(folder)
         cohesion = np.array([values.get(i, np.nan) for i in range(k)])
