@@ -18,19 +18,28 @@ def _pyplot():
 
 
 def plot_nmi(history: list[dict[str, Any]], path: Path) -> None:
-    """NMI of the pseudo-labels against the true labels (paper Fig. 2a) and against the previous
-    epoch's assignment (Fig. 2b)."""
+    """NMI of the pseudo-labels against the true labels (paper Fig. 2a; only when the images are
+    labelled), against the previous epoch's assignment (Fig. 2b) and the label-free signals
+    (dcjax.quality: agreement with k-means on the raw pixels, median cluster cohesion)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     epochs = [h["epoch"] for h in history]
-    for ax, key, title in ((axes[0], "nmi_labels", "NMI(pseudo-labels, true labels)"),
-                           (axes[1], "nmi_prev", "NMI(epoch t-1, epoch t)")):
-        points = [(e, h[key]) for e, h in zip(epochs, history) if h.get(key) is not None]
-        if points:
-            ax.plot(*zip(*points), marker="o")
-        elif key == "nmi_labels":
-            ax.text(0.5, 0.5, "no labels: this dataset has none\n(or none for the training split)",
-                    ha="center", va="center", transform=ax.transAxes, color="0.4")
+
+    def points(key):
+        return [(e, h[key]) for e, h in zip(epochs, history) if h.get(key) is not None]
+
+    panels = [p for p in (
+        ("NMI(pseudo-labels, true labels)", [("nmi_labels", None)]),
+        ("NMI(epoch t-1, epoch t)", [("nmi_prev", None)]),
+        ("label-free signals", [("pixel_agreement", "NMI with k-means on pixels"),
+                                ("cohesion_median", "median cluster cohesion")]),
+    ) if any(points(key) for key, _ in p[1])] or [("NMI(epoch t-1, epoch t)", [("nmi_prev", None)])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (title, keys) in zip(axes[0], panels):
+        for key, label in keys:
+            if points(key):
+                ax.plot(*zip(*points(key)), marker="o", label=label)
+        if any(label for _, label in keys):
+            ax.legend(fontsize=8)
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(alpha=0.3)

@@ -437,18 +437,36 @@ def test_import_reports_decode_errors_with_file_and_reason(tmp_path):
 
 
 def test_report_and_plots_on_an_unlabeled_run(tmp_path):
+    """An unlabeled run's report has no always-empty label columns and shows the label-free
+    signals; its NMI plot has no empty label panel; --signals compares the signals with
+    nmi_labels on a labelled run."""
     from dcjax.plots import plot_nmi
-    from dcjax.report import report
+    from dcjax.report import report, signals_table
 
     records = [{"epoch": e, "loss": 2.0 - e / 10, "nmi_labels": None, "ari_labels": None,
-                "acc_labels": None, "nmi_prev": None if e == 0 else 0.5} for e in range(3)]
+                "acc_labels": None, "nmi_prev": None if e == 0 else 0.5,
+                "pixel_agreement": 0.6 - e / 10, "cohesion_median": 0.3 + e / 20}
+               for e in range(3)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (tmp_path / "summary.json").write_text(json.dumps({**records[-1], "final_nmi_labels": None,
                                                        "final_kmeans_objective": 12.5}))
     text = report(tmp_path)
+    header = text.splitlines()[0]
+    assert "nmi_labels" not in header and "ari_labels" not in header and "knn_top1" not in header
+    assert "pixel_agreement" in header and "cohesion_median" in header and "| 0.400 |" in text
     assert text.count("\n| ") == 3 and "final_nmi_labels = -" in text and "no labels" in text
     plot_nmi(records, tmp_path / "nmi.png")
-    assert (tmp_path / "nmi.png").stat().st_size > 1000
+    from PIL import Image
+
+    width, _ = Image.open(tmp_path / "nmi.png").size
+    assert width == 1000  # two panels (nmi_prev, label-free signals) of 5 inches at 100 dpi
+    labelled = tmp_path / "labelled"
+    labelled.mkdir()
+    (labelled / "metrics.jsonl").write_text("".join(json.dumps(
+        {**r, "nmi_labels": 0.1 + r["epoch"] / 10}) + "\n" for r in records))
+    rows = signals_table([str(labelled)]).splitlines()
+    assert "| labelled | pixel_agreement | 3 | 0.600 -> 0.400 | 0.100 -> 0.300 | -1.00 |" in rows
+    assert "| labelled | cohesion_median | 3 | 0.300 -> 0.400 | 0.100 -> 0.300 | +1.00 |" in rows
 
 
 # ----------------------------------------------------------------------------- signals and kills
