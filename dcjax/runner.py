@@ -229,7 +229,9 @@ def check_resume(run: Run) -> list[tuple]:
                           f"these cannot change on a resumed run: use a new --workdir"
                           + (f" (new images get this run's clusters without training: python -m "
                              f"dcjax.predict --workdir={run.workdir} --source=FOLDER "
-                             f"--out=FILE.csv)" if grown else ""))
+                             f"--out=FILE.csv; to train on the grown folder, start the new "
+                             f"--workdir from this run's network: --config=configs/folder.py:"
+                             f"{run.config.data.name},init={run.workdir})" if grown else ""))
     return allowed
 
 
@@ -349,8 +351,9 @@ def _train(run: Run, changes: list[tuple]) -> dict:
             ckpt.close()
             raise DataError(f"dataset {c.data.name!r} split {c.data.train_split!r} has "
                             f"{run.num_images} images now but had {before} when the checkpoints in "
-                            f"{ckpt.directory} were written; restore that dataset or use a new "
-                            f"--workdir")
+                            f"{ckpt.directory} were written; restore that dataset, or use a new "
+                            f"--workdir (started from this run's network: "
+                            f"--config.model.init={run.workdir})")
         loop = LoopState.from_checkpoint(method, arrays, meta)
         kept = describe_checkpoint(meta, step)
         done = finished_run(run, loop, step) if not changes else None

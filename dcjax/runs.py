@@ -132,8 +132,9 @@ def check_same_images(workdir: str | Path, step: int, config: ml_collections.Con
                         f"but had {before} when checkpoint {step} of {workdir} was written: its "
                         f"clusters are those of the old images. New images get them without "
                         f"training: python -m dcjax.predict --workdir={workdir} --source=FOLDER "
-                        f"--out=FILE.csv; to cluster the whole grown set, train in a new "
-                        f"--workdir")
+                        f"--out=FILE.csv; to train on the whole grown set, start a new --workdir "
+                        f"from this run's network: --config=configs/folder.py:{d.name},"
+                        f"init={workdir}")
 
 
 def saved_config(workdir: Path) -> dict | None:

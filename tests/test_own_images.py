@@ -552,6 +552,53 @@ def test_a_grown_folder_names_the_derived_k_and_points_to_predict(tmp_path):
     assert "clustering.k: one cluster per 100 images (config.clustering.k=0), 6 in the run, 7 now " \
            "for 14 images" in line
     assert f"python -m dcjax.predict --workdir={run} --source=FOLDER" in line
+    assert f"--config=configs/folder.py:photos,init={run})" in line
+
+
+@pytest.mark.slow
+def test_a_growing_folder_follows_the_documented_path(tmp_path, capsys):
+    """docs/own_images.md, "A growing folder": train; add photos and re-import (which names the
+    run that used the dataset); the old run refuses to resume or export on the grown set and points
+    to predict, which clusters the new photos; a new workdir fine-tunes from the old run's network
+    on the grown set."""
+    from dcjax.export import export_checkpoint
+    from dcjax.predict import predict
+    from dcjax.train import train_and_evaluate
+
+    root, data_dir = tmp_path / "photos", str(tmp_path / "tfds")
+    write_photos(root, mixed_depth(40))
+    prepare(str(root), "photos", data_dir, verbose=False)
+
+    def config(arg):
+        c = load_config_file(str(ROOT / "configs" / "folder.py"), arg)
+        c.data.data_dir, c.num_epochs, c.clustering.k = data_dir, 1, 0
+        return c
+
+    old = tmp_path / "runs" / "photos"
+    train_and_evaluate(config("photos,smoke"), str(old))
+    new = write_photos(root / "new", [f"img_{i}.jpg" for i in range(60)], seed=2)
+    capsys.readouterr()
+    prepare(str(root), "photos", data_dir, overwrite=True)
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"replacing dataset 'photos', which 1 run(s) trained on: {old}" in said
+    assert "(--config=configs/folder.py:photos,init=RUN)" in said
+    # (auto_k gives 10 clusters to both 40 and 100 images: the image count is what differs.)
+    with pytest.raises(DataError, match=r"has 100 images now but had 40 .*started from this "
+                                        r"run's network: --config.model.init="):
+        train_and_evaluate(config("photos,smoke"), str(old))
+    with pytest.raises(DataError, match=r"has 100 images now but had 40 .* New images get them "
+                                        r"without training: python -m dcjax.predict .*"
+                                        r"--config=configs/folder.py:photos,init="):
+        export_checkpoint(str(old))
+    count, _ = predict(str(old), str(root / "new"), str(tmp_path / "new.csv"))
+    with open(tmp_path / "new.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert count == len(rows) == len(new) and {int(r["cluster"]) for r in rows} <= set(range(10))
+    grown = tmp_path / "runs" / "photos_grown"
+    final = train_and_evaluate(config(f"photos,smoke,init={old}"), str(grown))
+    assert final["nonempty_clusters"] >= 2
+    with open(grown / "export" / "assignments.csv", newline="") as f:
+        assert sum(1 for _ in csv.DictReader(f)) == 100
 
 
 @pytest.mark.slow

@@ -120,7 +120,9 @@ def prepare(source: str, name: str, data_dir: str | None = None, overwrite: bool
             print(f"replacing dataset {name!r}, which {len(users)} run(s) trained on: "
                   f"{', '.join(users)}. A run refuses to resume or export on a dataset whose image "
                   f"count changed; its clusters stay those of the old images, and python -m "
-                  f"dcjax.predict --workdir=RUN --source=FOLDER gives new images their clusters")
+                  f"dcjax.predict --workdir=RUN --source=FOLDER gives new images their clusters; "
+                  f"training on the new version starts a new --workdir from a run's network "
+                  f"(--config=configs/folder.py:{name},init=RUN)")
         # Kept until the new import is written, and put back if it fails.
         old = target.with_name(f"{target.name}.replaced-{os.getpid()}")
         target.rename(old)
