@@ -9,17 +9,23 @@ reference AlexNet-BN geometry at 224 px, for a GPU and tens of thousands of imag
 `photos,resnet50` (ResNet-50 with Sobel at 224 px, the geometry of mmselfsup's DeepCluster ResNet-50
 and of converted torchvision / swav ResNet-50s: `--config.model.init=DIR` from `python -m
 dcjax.convert`, with `--config.model.sobel=False` for an RGB network) or `photos,smoke` (a few
-seconds, for tests). The two ResNet variants have not been trained to completion on a folder yet:
-`digits,resnet18` trained at 19.5 images a second on the 2-core development CPU (about 100 s an
-epoch of 1,438 images with extraction, 2026-12-06), and `resnet50` is sized for a GPU. Every
-field stays overridable (`--config.num_epochs=60`, `--config.clustering.k=500`, ...).
+seconds, for tests). `photos,init=DIR` (alone or after a variant) starts from a trained network
+instead of a random one and takes its architecture and geometry: DIR is a dcjax run, an `export
+--init` folder or a network from `python -m dcjax.convert` (`--fetch=NAME` for the released ones;
+an AlexNet / VGG16 / ResNet-50 release selects the 224 px settings). The two ResNet variants have
+not been trained to completion on a folder yet: `digits,resnet18` trained at 19.5 images a second
+on the 2-core development CPU (about 100 s an epoch of 1,438 images with extraction, 2026-12-06),
+and `resnet50` is sized for a GPU. Every field stays overridable (`--config.num_epochs=60`,
+`--config.clustering.k=500`, ...).
 
 Defaults, for a few thousand to a few million photos:
   * k = 0: one cluster per 100 images, at least 10 and at most 10,000 (config_lib.auto_k; the
     paper's 10,000 for ImageNet's 1.28M images);
   * the small AlexNet with Sobel at 64 px (centre view: shorter side 73, the reference's 224/256
-    ratio), narrowed for a CPU (about 270 training images a second on 2 cores); crops of 20-100% of
-    the image, horizontal flips;
+    ratio), narrowed for a CPU: 504-568 training images a second on the 2-core development CPU
+    (AMD EPYC with AVX-512, alone on it, 2026-12-06: 10,000 images, 23-25 s an epoch of which 4 s
+    extraction; the 270 a second quoted before was measured beside test suites on an Intel Xeon);
+    crops of 20-100% of the image, horizontal flips;
   * 30 epochs, batch 128, the reference optimiser (SGD lr 0.05, momentum 0.9);
   * a 'validation' split (`prepare --holdout=0.1`), else a 'val' or 'test' split the folder had,
     is the held-out split of `python -m dcjax.evaluate` and of the end-of-run comparison when the

@@ -327,8 +327,39 @@ def export_with_network(init: str, data: str, out: str, k: int = 0,
                                  write_rows=write_rows_fn(mesh), nearest=True, keep_features=True,
                                  verbose=lead)
     ids = read_ids(source) if lead else None
-    return write_export(folder / "export", clustering, ids, dinfo.class_names, config, None,
-                        epochs)
+    nearest, labels, k = clustering.nearest, clustering.labels, clustering.k
+    written = write_export(folder / "export", clustering, ids, dinfo.class_names, config, None,
+                           epochs)
+    del clustering
+    if lead:
+        print(f"{len(source):,} images of {data!r} in k = {k} clusters by {info.get('source', init)}")
+        for line in without_training_lines(config, source, np.asarray(nearest), labels, k,
+                                           written, dinfo.num_classes >= 2):
+            print(line)
+    return written
+
+
+def without_training_lines(config: ml_collections.ConfigDict, source: Any,
+                           assignment: np.ndarray, labels: np.ndarray, k: int, folder: Path,
+                           labelled: bool) -> list[str]:
+    """`export --init`'s closing lines: the label-free signals of the clustering (dcjax.quality)
+    and, when the images are labelled, its NMI with the labels beside k-means on the raw pixels'."""
+    from dcjax import quality
+    from dcjax.metrics import nmi
+
+    pixels = quality.pixel_clustering(config, source, k, int(config.seed))
+    signals = quality.pixel_agreement(config, source, assignment, k, int(config.seed), pixels)
+    values = read_cohesion(folder)
+    cohesion = np.array([values.get(i, np.nan) for i in range(k)])
+    out = quality.lines(signals, 0, cohesion)
+    if labelled and labels.min() >= 0:
+        line = f"NMI with the labels (never used): {nmi(labels, assignment):.4f}"
+        if pixels["labels"] is not None:
+            pick = pixels["pick"]
+            line += (f"; k-means on the raw pixels, same k: "
+                     f"{nmi(labels[pick], pixels['labels']):.4f}")
+        out.append(line)
+    return out
 
 
 def main(argv: list[str]) -> None:

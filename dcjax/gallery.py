@@ -1,6 +1,6 @@
 r"""A static HTML gallery of a run's clusters: `python -m dcjax.gallery --workdir=RUN [--export=DIR]
 [--out=DIR] [--strip=8] [--per_page=200] [--thumb=128] [--full=1024] [--similar=8]
-[--duplicate_similarity=0.98] [--clusters_per_index=200]`.
+[--duplicate_similarity=0.985] [--clusters_per_index=200]`.
 
 Reads RUN/export/ (assignments.csv, features_pca.npy, clusters.csv; written by training or
 `dcjax.export`) and the run's training images, and writes RUN/gallery/:
@@ -379,7 +379,7 @@ def read_import_report(name: str, data_dir: str | None) -> dict | None:
 def gallery(workdir: str, export: str | None = None, out: str | None = None, strip: int = 8,
             per_page: int = 200, thumb: int = 128, clusters_per_index: int = 200,
             full: int = 1024, similar: int = 8,
-            duplicate_similarity: float = 0.98) -> tuple[Path, dict]:
+            duplicate_similarity: float = 0.985) -> tuple[Path, dict]:
     from dcjax.data.datasets import open_split
     from dcjax.data.importer import ensure_embedded
     from dcjax.export import read_cohesion
@@ -459,7 +459,7 @@ def _define_flags() -> None:
                          "index_2.html, ...).")
     flags.DEFINE_integer("full", 1024, "Size of the full views (pixels, longer side).")
     flags.DEFINE_integer("similar", 8, "Similar images shown with each image (0: none).")
-    flags.DEFINE_float("duplicate_similarity", 0.98, "Images whose clustered features have at "
+    flags.DEFINE_float("duplicate_similarity", 0.985, "Images whose clustered features have at "
                        "least this cosine similarity are flagged as possible duplicates.")
     flags.mark_flags_as_required(["workdir"])
 
