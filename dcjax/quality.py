@@ -93,15 +93,26 @@ def pixel_agreement(config: Any, source: Any, assignment: np.ndarray, k: int, se
 def median_cohesion(reduced: Any, assignment_rows: np.ndarray, valid: np.ndarray, k: int
                     ) -> float | None:
     """The median over non-empty clusters of `cohesion`, from the clustered rows as k-means saw
-    them (reduced [R, d] on the devices, row order); None where the rows are not all on this
-    process (multi-host)."""
+    them (reduced [R, d], row order, on the devices and sharded by rows across processes, or a
+    host array) and every row's cluster (`assignment_rows` [R], whole on every process)."""
     import jax
+    from jax.sharding import NamedSharding, PartitionSpec
 
-    if isinstance(reduced, jax.Array) and not reduced.is_fully_addressable:
-        return None
     a = np.where(np.asarray(valid), np.asarray(assignment_rows), k).astype(np.int32)
-    sums = jax.jit(lambda x, s: jax.ops.segment_sum(x, s, num_segments=k + 1))(reduced, a)
-    sums = np.asarray(sums, np.float64)[:k]
+
+    def sums_of(x, s):
+        return jax.ops.segment_sum(x, s, num_segments=k + 1)
+
+    sharding = getattr(reduced, "sharding", None)
+    if isinstance(sharding, NamedSharding):  # the rows' cluster ids sharded as the rows are
+        ids = jax.make_array_from_callback(
+            a.shape, NamedSharding(sharding.mesh, PartitionSpec((tuple(sharding.spec) + (None,))[0])),
+            lambda index: a[index])
+        sums = jax.jit(sums_of, out_shardings=NamedSharding(sharding.mesh, PartitionSpec()))(
+            reduced, ids)
+    else:
+        sums = jax.jit(sums_of)(reduced, a)
+    sums = np.asarray(jax.device_get(sums), np.float64)[:k]
     sizes = np.bincount(a, minlength=k + 1)[:k]
     nonempty = sizes > 0
     if not nonempty.any():

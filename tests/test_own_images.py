@@ -192,7 +192,7 @@ def test_gallery_pages(tmp_path):
     assert 'href="index_2.html">smaller clusters' in (tmp_path / "index.html").read_text()
     # The smallest cluster's pages lead back to the index page that lists it.
     smallest = int(np.argsort(-sizes, kind="stable")[-1])
-    assert 'href="index_2.html">all clusters' in \
+    assert f'href="index_2.html#c{smallest}">all clusters' in \
         (tmp_path / f"cluster_{smallest:04d}.html").read_text()
     assert stats["pages"] == sum(-(-s // 4) for s in sizes)
     index = (tmp_path / "index.html").read_text() + (tmp_path / "index_2.html").read_text()
