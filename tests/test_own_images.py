@@ -649,6 +649,7 @@ def test_a_trained_network_clusters_another_folder_without_training(unlabeled_ru
         export_with_network(str(tmp_path), "more", str(tmp_path / "other"))
 
 
+@pytest.mark.slow
 def test_folder_config_fine_tunes_from_a_run_or_an_export(unlabeled_run, tmp_path):
     """`configs/folder.py:NAME,init=DIR`: the model is the one DIR holds (a run or an `export
     --init` folder), and training starts from DIR's weights (the top layer of another k drawn)."""
