@@ -53,7 +53,8 @@ document.addEventListener('DOMContentLoaded', function () {
 
 VIEW_HTML = r"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>image</title><style>{style}
-#full {{ max-width: 95vw; max-height: 75vh; border: 1px solid #ccc; }}
+#full {{ width: auto; height: auto; max-width: 95vw; max-height: 75vh; min-height: 40vh;
+         object-fit: contain; border: 1px solid #ccc; }}
 .similar a {{ display: inline-block; margin: 2px; }}
 .dup {{ color: #a00; }}
 </style>
