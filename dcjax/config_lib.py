@@ -251,7 +251,7 @@ def network_fields(init: str) -> dict[str, Any]:
     path = Path(init).expanduser()
     if (path / "config.json").exists():  # a run or an export --init folder: its own model
         saved = json.loads((path / "config.json").read_text())
-        fields = {f"model.{k}": _tuples(v) for k, v in saved.get("model", {}).items()
+        fields = {f"model.{k}": as_tuples(v) for k, v in saved.get("model", {}).items()
                   if k != "init"}
         fields.update({f"data.{k}": saved["data"][k] for k in ("image_size", "resize_size")
                        if k in saved.get("data", {})})
@@ -269,8 +269,9 @@ def network_fields(init: str) -> dict[str, Any]:
                       f"python -m dcjax.convert or export --init (network.npz, network.json)")
 
 
-def _tuples(value: Any) -> Any:
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+def as_tuples(value: Any) -> Any:
+    """JSON lists, at any depth, as tuples (how config files write them)."""
+    return tuple(as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def set_fields(c: ml_collections.ConfigDict, fields: dict[str, Any]) -> None:

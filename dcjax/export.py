@@ -173,6 +173,12 @@ def read_cohesion(out: Path) -> dict[int, float]:
         return {}
 
 
+def cohesion_by_cluster(out: Path, k: int) -> np.ndarray:
+    """[k] cohesion of each cluster from OUT/clusters.csv (NaN for an empty cluster)."""
+    values = read_cohesion(out)
+    return np.array([values.get(i, np.nan) for i in range(k)])
+
+
 def _missing_export(path: Path) -> str:
     """The message for a missing export file: the folder is no run, or the run has no export."""
     run = path.parent.parent if path.parent.name == "export" else path.parent
@@ -349,9 +355,7 @@ def without_training_lines(config: ml_collections.ConfigDict, source: Any,
 
     pixels = quality.pixel_clustering(config, source, k, int(config.seed))
     signals = quality.pixel_agreement(config, source, assignment, k, int(config.seed), pixels)
-    values = read_cohesion(folder)
-    cohesion = np.array([values.get(i, np.nan) for i in range(k)])
-    out = quality.lines(signals, 0, cohesion)
+    out = quality.lines(signals, 0, cohesion_by_cluster(folder, k))
     if labelled and labels.min() >= 0:
         line = f"NMI with the labels (never used): {nmi(labels, assignment):.4f}"
         if pixels["labels"] is not None:

@@ -80,11 +80,6 @@ def read_assignments(path: Path) -> dict:
             "labels": [r["label"] for r in rows] if "label" in rows[0] else None}
 
 
-def thumbnail(data: bytes, size: int) -> bytes:
-    """JPEG bytes of the decoded image scaled to fit `size` x `size`."""
-    return scaled(data, (size,))[0]
-
-
 def scaled(data: bytes, sizes: tuple[int, ...]) -> list[bytes]:
     """JPEG bytes of the decoded image scaled to fit each of `sizes` (one decode)."""
     from PIL import Image

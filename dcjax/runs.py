@@ -14,7 +14,7 @@ import ml_collections
 from jax.sharding import Mesh
 
 from dcjax.checkpoint import Checkpointer, abstract_like
-from dcjax.config_lib import ConfigError, base_config
+from dcjax.config_lib import ConfigError, as_tuples, base_config
 from dcjax.sharding import default_mesh, replicated
 from dcjax.workdir import WorkdirError
 
@@ -37,17 +37,12 @@ def config_from_run(workdir: str | Path) -> ml_collections.ConfigDict:
     return config
 
 
-def _tuples(value):
-    """JSON lists, at any depth, as tuples (how config files write them)."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
 def _merge(config: ml_collections.ConfigDict, saved: dict) -> None:
     for key, value in saved.items():
         if isinstance(value, dict) and key in config and isinstance(config[key], ml_collections.ConfigDict):
             _merge(config[key], value)
         elif key in config and isinstance(config[key], tuple):
-            config[key] = _tuples(value)
+            config[key] = as_tuples(value)
         else:
             with config.unlocked():
                 config[key] = value

@@ -69,6 +69,13 @@ def fetch_cli(*args, env_cache):
                           capture_output=True, text=True, timeout=300)
 
 
+def assert_refused_and_nothing_kept(run, cache, out):
+    assert run.returncode == 2, run.stderr
+    assert not out.exists()
+    assert not cache.exists() or list(cache.iterdir()) == []
+    return run.stderr.strip().splitlines()[-1]
+
+
 def test_a_listed_release_is_downloaded_verified_and_converted(served, cache, tmp_path,
                                                                monkeypatch):
     from dcjax.convert import fetch
@@ -100,22 +107,16 @@ def test_a_wrong_checksum_is_refused_and_nothing_is_kept(served, cache, tmp_path
     base, _, digest = served
     run = fetch_cli(f"--fetch={base}/other/checkpoint.pth.tar", f"--sha256={digest}",
                     f"--out={tmp_path / 'net'}", env_cache=cache)
-    assert run.returncode == 2, run.stderr
-    line = run.stderr.strip().splitlines()[-1]
+    line = assert_refused_and_nothing_kept(run, cache, tmp_path / "net")
     assert line.startswith("error: --fetch:") and f"not the expected {digest}" in line
-    assert not (tmp_path / "net").exists()
-    assert not cache.exists() or list(cache.iterdir()) == []
 
 
 def test_an_interrupted_download_leaves_nothing_that_is_used_later(served, cache, tmp_path):
     base, body, digest = served
     run = fetch_cli(f"--fetch={base}/cut/checkpoint.pth.tar", f"--sha256={digest}",
                     f"--out={tmp_path / 'net'}", env_cache=cache)
-    assert run.returncode == 2, run.stderr
-    line = run.stderr.strip().splitlines()[-1]
+    line = assert_refused_and_nothing_kept(run, cache, tmp_path / "net")
     assert "stopped after" in line and f"of {len(body):,}" in line and "nothing was kept" in line
-    assert not (tmp_path / "net").exists()
-    assert not cache.exists() or list(cache.iterdir()) == []
 
     # A .part left by a killed process is never read: the next download replaces it.
     final = releases._final_path(f"{base}/good/checkpoint.pth.tar")

@@ -105,6 +105,7 @@ class DeepCluster(Method):
 
     def __init__(self, run: Any):
         super().__init__(run)
+        self._pixels: dict | None = None  # dcjax.quality.pixel_clustering, once a process run
         c, info = run.config, run.info
         num_images = info.split_sizes[c.data.train_split]
         warning = few_images_per_cluster(c, num_images)
@@ -309,7 +310,7 @@ class DeepCluster(Method):
         c, run = self.run.config, self.run
         if not run.lead:
             return None
-        if getattr(self, "_pixels", None) is None:
+        if self._pixels is None:
             self._pixels = quality.pixel_clustering(c, run.source, c.clustering.k, c.seed)
         return quality.agreement(self._pixels, assignment)
 
@@ -374,14 +375,13 @@ class DeepCluster(Method):
     def label_free_signals(self, folder, nearest: np.ndarray, k: int, history: list[dict]) -> dict:
         """dcjax.quality's signals of the exported clustering, printed and for summary.json."""
         from dcjax import quality
-        from dcjax.export import read_cohesion
+        from dcjax.export import cohesion_by_cluster
 
         c, run = self.run.config, self.run
         signals = {**quality.pixel_agreement(c, run.source, np.asarray(nearest), k, c.seed,
-                                             getattr(self, "_pixels", None)),
+                                             self._pixels),
                    **quality.trend(history)}
-        values = read_cohesion(folder)
-        cohesion = np.array([values.get(i, np.nan) for i in range(k)])
+        cohesion = cohesion_by_cluster(folder, k)
         finite = cohesion[np.isfinite(cohesion)]
         signals["cohesion_median"] = float(np.median(finite)) if len(finite) else None
         for line in quality.lines(signals, c.num_epochs, cohesion):
